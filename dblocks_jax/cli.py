@@ -1,0 +1,116 @@
+"""Command line: `python -m dblocks_jax {train,sample} ...` (also installed as `dblocks`).
+
+A thin layer over `dblocks_jax.training.train` and `dblocks_jax.sampling.generate`: it parses
+arguments, builds and validates the config (so a bad value fails before anything compiles), and
+prints where the results went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from dblocks_jax import config as config_lib
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dblocks", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("train", help="train every block of a DiffusionBlocks model (B = 1: end-to-end)")
+    tr.add_argument("--config", default="shapes", help=f"preset: {', '.join(sorted(config_lib.PRESETS))}")
+    tr.add_argument("--num-blocks", type=int, help="number of blocks B (1 = end-to-end baseline)")
+    tr.add_argument("--steps", type=int, help="optimizer steps per block")
+    tr.add_argument("--schedule", help=f"one of {', '.join(config_lib.SCHEDULES)}")
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--workdir", help="run directory (default: runs/<dataset>_B<B>_<schedule>_seed<seed>)")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override any config field, e.g. --set width=64 (repeatable)")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing run in --workdir")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+
+    sa = sub.add_parser("sample", help="draw samples from a trained run")
+    sa.add_argument("--workdir", required=True)
+    sa.add_argument("--num-samples", type=int)
+    sa.add_argument("--steps", type=int, help="sampler steps K")
+    sa.add_argument("--solver", choices=config_lib.SOLVERS)
+    sa.add_argument("--grid", choices=config_lib.GRIDS)
+    sa.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = conditional)")
+    sa.add_argument("--seed", type=int)
+    sa.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npz (images, labels)")
+    return parser
+
+
+def train_config(args: argparse.Namespace) -> config_lib.Config:
+    overrides = config_lib.parse_overrides(args.overrides)
+    for flag, field in (("num_blocks", "num_blocks"), ("steps", "steps"), ("schedule", "schedule"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            overrides[field] = getattr(args, flag)
+    return config_lib.get_config(args.config, **overrides)
+
+
+def sample_config(args: argparse.Namespace) -> config_lib.Config:
+    """The run's saved config with the sampling flags applied."""
+    path = os.path.join(args.workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: --workdir must be a run directory written by `train`")
+    with open(path) as f:
+        config = config_lib.Config.from_dict(json.load(f))
+    flags = {"num_samples": args.num_samples, "sample_steps": args.steps, "solver": args.solver,
+             "grid": args.grid, "guidance": args.guidance, "seed": args.seed}
+    return config.replace(**{k: v for k, v in flags.items() if v is not None})
+
+
+def run_train(args: argparse.Namespace) -> None:
+    config = train_config(args)  # validated here, before JAX compiles anything
+    from dblocks_jax import training
+
+    workdir = args.workdir or training.default_workdir(config)
+    print(f"training {config.num_blocks} block(s) x {config.layers_per_block} layers on {config.dataset}, "
+          f"{config.schedule} schedule, {config.steps} steps per block -> {workdir}", flush=True)
+    start = time.perf_counter()
+    result = training.train(config, workdir, overwrite=args.overwrite, progress=not args.no_progress)
+    losses = ", ".join(f"{loss:.4f}" for loss in result.final_loss)
+    print(f"done in {time.perf_counter() - start:.0f} s; final loss per block: {losses}")
+    print(f"samples: {os.path.join(workdir, 'samples.png')}")
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from dblocks_jax import checkpoint, training
+    from dblocks_jax.plotting import save_image_grid
+
+    if not args.out.endswith((".png", ".npz")):
+        raise ValueError(f"--out must end in .png or .npz, got {args.out!r}")
+    config = sample_config(args)
+    trainer = training.BlockTrainer(config)
+    params = [checkpoint.restore_block(args.workdir, b, trainer.abstract_state).ema
+              for b in range(config.num_blocks)]
+    images, labels = training.sample_from_config(config, trainer.model, params)
+    if args.out.endswith(".png"):
+        save_image_grid(args.out, images, num_cols=int(np.ceil(np.sqrt(len(images)))))
+    else:
+        np.savez(args.out, images=images, labels=labels if labels is not None else np.zeros(0, np.int32))
+    print(f"wrote {config.num_samples} samples ({config.solver}, {config.sample_steps} steps, {config.grid} grid, "
+          f"guidance {config.guidance}) to {args.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        {"train": run_train, "sample": run_sample}[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"dblocks {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:  # NonFiniteLossError: names the block and the step
+        print(f"dblocks {args.command}: training stopped: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

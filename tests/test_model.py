@@ -1,0 +1,73 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dblocks_jax.model import BlockModel
+from dblocks_jax.sampling import stack_blocks
+from conftest import tiny_config
+
+
+def perturbed(params, key, scale=0.05):
+    """Parameters moved away from the zero initialisation, so outputs depend on every input."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+def test_fresh_block_denoises_to_c_skip_z():
+    model = BlockModel.from_config(tiny_config())
+    params = model.init(jax.random.key(0))
+    z = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
+    sigma = jnp.array([0.01, 1.0, 50.0])
+    out = model.denoise(params, z, sigma, jnp.array([0, 1, 2]))
+    chex.assert_shape(out, z.shape)
+    c_skip = model.edm.scalings(sigma)[0]
+    np.testing.assert_allclose(out, c_skip[:, None, None, None] * z, rtol=1e-6, atol=1e-7)
+
+
+def test_blocks_are_self_contained_and_stack():
+    config = tiny_config(num_blocks=2, num_layers=4)
+    model = BlockModel.from_config(config)
+    a, b = model.init(jax.random.key(1)), model.init(jax.random.key(2))
+    chex.assert_trees_all_equal_shapes_and_dtypes(a, b, model.abstract_params)
+    assert all(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)) if x.std() > 0)
+    stacked = stack_blocks([a, b])
+    chex.assert_trees_all_equal_structs(stacked, a)
+    assert all(x.shape[0] == 2 for x in jax.tree.leaves(stacked))
+    # L / B layers per block: the parameter count of a block scales with layers_per_block.
+    n = lambda cfg: sum(x.size for x in jax.tree.leaves(BlockModel.from_config(cfg).abstract_params))
+    assert n(tiny_config(num_blocks=1)) > n(tiny_config(num_blocks=2)) > n(tiny_config(num_blocks=4))
+
+
+def test_guidance_interpolates_between_null_and_conditional_predictions():
+    model = BlockModel.from_config(tiny_config())
+    params = perturbed(model.init(jax.random.key(0)), jax.random.key(3))
+    z = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
+    sigma = jnp.array([0.5, 1.0, 2.0])
+    labels = jnp.array([0, 1, 2])
+    cond = model.denoise(params, z, sigma, labels)
+    null = model.denoise(params, z, sigma, jnp.full((3,), model.null_label))
+    assert float(jnp.abs(cond - null).max()) > 1e-3  # labels matter
+    np.testing.assert_allclose(model.guided_denoise(params, z, sigma, labels, 0.0), null, atol=1e-5)
+    np.testing.assert_allclose(model.guided_denoise(params, z, sigma, labels, 1.0), cond, atol=1e-5)
+    np.testing.assert_allclose(model.guided_denoise(params, z, sigma, labels, 2.0), 2 * cond - null, atol=1e-4)
+
+
+def test_unconditional_block_ignores_labels():
+    model = BlockModel.from_config(tiny_config(class_conditional=False))
+    assert model.num_classes == 0
+    params = perturbed(model.init(jax.random.key(0)), jax.random.key(3))
+    z = jnp.ones((2, 8, 8, 1))
+    out = model.guided_denoise(params, z, jnp.array([1.0, 1.0]), jnp.array([0, 1]), 2.0)
+    np.testing.assert_allclose(out, model.denoise(params, z, jnp.array([1.0, 1.0])), atol=1e-6)
+
+
+def test_remat_changes_memory_not_gradients():
+    config = tiny_config()
+    plain, remat = BlockModel.from_config(config), BlockModel.from_config(config.replace(remat=True))
+    params = perturbed(plain.init(jax.random.key(0)), jax.random.key(1))
+    images = jax.random.uniform(jax.random.key(2), (4, 8, 8, 1), minval=-1, maxval=1)
+    labels = jnp.array([0, 1, 2, 0])
+    grad = lambda m: jax.grad(m.loss)(params, jax.random.key(5), 1, images, labels)
+    chex.assert_trees_all_close(grad(plain), grad(remat), atol=1e-6)

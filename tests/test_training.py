@@ -1,0 +1,154 @@
+import gc
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from dblocks_jax import NonFiniteLossError, checkpoint, data, train
+from dblocks_jax.model import BlockModel
+from dblocks_jax.training import BlockTrainer, block_plan
+from conftest import tiny_config
+
+
+def host(tree):
+    return jax.tree.map(np.array, jax.device_get(tree))
+
+
+def test_interleaved_step_changes_only_the_chosen_block():
+    config = tiny_config(num_blocks=3, num_layers=3, steps=3, schedule="interleaved")
+    snapshots = []
+    train(config, on_step=lambda t, b, resident: snapshots.append((b, {k: host(v) for k, v in resident.items()})),
+          progress=False)
+    for (b, after), (_, before) in zip(snapshots[1:], snapshots[:-1]):
+        for other in before:
+            if other == b:
+                changed = [not np.array_equal(x, y) for x, y in
+                           zip(jax.tree.leaves(before[b]), jax.tree.leaves(after[b]))]
+                assert any(changed)
+            elif other in after:
+                jax.tree.map(np.testing.assert_array_equal, before[other], after[other])  # bitwise
+    assert len({b for b, _ in snapshots}) == 3
+
+
+def live_bytes():
+    return sum(x.nbytes for x in jax.live_arrays())
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "interleaved"])
+def test_only_sequential_keeps_a_single_block_on_the_device(schedule):
+    config = tiny_config(num_blocks=4, num_layers=4, steps=3, schedule=schedule)
+    one_block = BlockTrainer(config).state_bytes
+    gc.collect()
+    baseline = live_bytes()
+    resident_counts, extra_bytes = [], []
+    train(config, progress=False, on_step=lambda t, b, resident: (
+        resident_counts.append(len(resident)), extra_bytes.append(live_bytes() - baseline)))
+    if schedule == "sequential":
+        assert max(resident_counts) == 1
+        assert max(extra_bytes) < 1.5 * one_block, (max(extra_bytes), one_block)
+    else:
+        assert max(resident_counts) == 4
+        assert max(extra_bytes) > 3.5 * one_block
+
+
+def eval_loss(model, params, block, images, labels):
+    keys = jax.random.split(jax.random.key(123), 8)
+    return float(np.mean([model.loss(params, k, block, images, labels) for k in keys]))
+
+
+@pytest.mark.parametrize("num_blocks", [1, 4])
+def test_short_shapes_run_lowers_every_blocks_loss(num_blocks, tmp_path):
+    config = tiny_config(num_blocks=num_blocks, num_layers=4, steps=40, batch_size=32, learning_rate=2e-3,
+                         warmup_steps=5, log_every=10)
+    result = train(config, str(tmp_path), progress=False, write_samples=False)
+    trainer = BlockTrainer(config)
+    images, labels = data.load_split("shapes", "test", 8)
+    images, labels = images[:64], labels[:64]
+    for b in range(num_blocks):
+        before = eval_loss(trainer.model, jax.device_get(trainer.init_state(b)).params, b, images, labels)
+        after = eval_loss(trainer.model, result.params[b], b, images, labels)
+        assert after < 0.95 * before, (b, before, after)  # paired: same images and noise
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert {r["block"] for r in records} == set(range(num_blocks))
+    assert sum(result.block_steps) == num_blocks * 40
+
+
+def test_sequential_gives_each_block_exactly_steps_and_interleaved_is_uniform():
+    config = tiny_config(num_blocks=4, steps=500, schedule="sequential")
+    np.testing.assert_array_equal(np.bincount(block_plan(config)), [500] * 4)
+    counts = np.bincount(block_plan(config.replace(schedule="interleaved")), minlength=4)
+    assert counts.sum() == 2000 and np.all(np.abs(counts - 500) < 80)
+
+
+def test_training_is_deterministic_and_checkpoints_restore(tmp_path):
+    config = tiny_config(steps=3)
+    first = train(config, str(tmp_path / "a"), progress=False, write_samples=False)
+    second = train(config, None, progress=False)
+    jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
+    trainer = BlockTrainer(config)
+    for b in range(config.num_blocks):
+        restored = checkpoint.restore_block(str(tmp_path / "a"), b, trainer.abstract_state)
+        jax.tree.map(np.testing.assert_array_equal, restored.ema, first.params[b])
+        assert checkpoint.latest_step(str(tmp_path / "a"), b) == first.block_steps[b]
+
+
+def test_nan_loss_stops_training_naming_block_and_step_and_keeps_saved_blocks(tmp_path):
+    config = tiny_config(num_blocks=2, steps=6, schedule="sequential", log_every=100)
+    images, labels = data.load_split("shapes", "train", 8)
+
+    def batches(block):
+        clean = data.Batches(images, labels, config.batch_size, seed=block)
+        for step, batch in enumerate(clean):
+            if block == 1 and step == 3:
+                batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+            yield batch
+
+    with pytest.raises(NonFiniteLossError, match=r"block 1 at its step 3 \(global step 9\)"):
+        train(config, str(tmp_path), batches=batches, progress=False)
+    assert checkpoint.latest_step(str(tmp_path), 0) == 6
+    assert checkpoint.latest_step(str(tmp_path), 1) is None
+    restored = checkpoint.restore_block(str(tmp_path), 0, BlockTrainer(config).abstract_state)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
+
+
+def test_existing_run_is_not_overwritten_by_accident(tmp_path):
+    config = tiny_config(steps=1)
+    train(config, str(tmp_path), progress=False, write_samples=False)
+    before = os.listdir(tmp_path / "checkpoints")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        train(config, str(tmp_path), progress=False)
+    assert os.listdir(tmp_path / "checkpoints") == before
+
+
+def test_corrupt_checkpoint_error_names_the_file(tmp_path):
+    config = tiny_config(steps=1)
+    train(config, str(tmp_path), progress=False, write_samples=False)
+    step_dir = os.path.join(checkpoint.block_dir(str(tmp_path), 1), "1")
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    with pytest.raises(ValueError, match="block_001"):
+        checkpoint.restore_block(str(tmp_path), 1, BlockTrainer(config).abstract_state)
+
+
+def test_ema_tracks_the_parameters_with_warmed_up_decay():
+    config = tiny_config(ema_decay=0.9)
+    trainer = BlockTrainer(config)
+    images, labels = data.load_split("shapes", "train", 8)
+    state = trainer.init_state(0)
+    ema0 = host(state.ema)
+    new, _ = trainer.train_step(state, images[:16], labels[:16], 0, 5)
+    decay = min(0.9, 6 / 15)
+    expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema0, host(new.params))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), host(new.ema), expected)
+    no_ema = BlockTrainer(tiny_config(ema_decay=0.0))
+    new, _ = no_ema.train_step(no_ema.init_state(0), images[:16], labels[:16], 0, 5)
+    jax.tree.map(np.testing.assert_array_equal, host(new.ema), host(new.params))
+
+
+def test_block_model_is_shared_by_trainer_and_sampler():
+    trainer = BlockTrainer(tiny_config())
+    assert isinstance(trainer.model, BlockModel)
