@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -2,10 +2,10 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import tiny_config
 
 from dblocks_jax.model import BlockModel
 from dblocks_jax.sampling import stack_blocks
-from conftest import tiny_config
 
 
 def perturbed(params, key, scale=0.05):

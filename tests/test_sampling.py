@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dblocks_jax import EDM, BlockPartition
-from dblocks_jax.sampling import (evaluations_per_sample, karras_grid, make_sampler, sigma_grid)
+from dblocks_jax.sampling import evaluations_per_sample, karras_grid, make_sampler, sigma_grid
 
 
 @pytest.mark.parametrize("kind", ["equiprobable", "karras"])

@@ -5,11 +5,11 @@ import os
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from dblocks_jax import NonFiniteLossError, checkpoint, data, train
 from dblocks_jax.model import BlockModel
 from dblocks_jax.training import BlockTrainer, block_plan
-from conftest import tiny_config
 
 
 def host(tree):

@@ -1,0 +1,47 @@
+import numpy as np
+
+from dblocks_jax import data
+
+
+def test_shapes_are_deterministic_labelled_and_scaled():
+    images, labels = data.make_shapes(300, 16, seed=3)
+    again, again_labels = data.make_shapes(300, 16, seed=3)
+    np.testing.assert_array_equal(images, again)
+    np.testing.assert_array_equal(labels, again_labels)
+    assert images.shape == (300, 16, 16, 1) and images.dtype == np.float32
+    assert images.min() == -1.0 and images.max() <= 1.0
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert not np.array_equal(images, data.make_shapes(300, 16, seed=4)[0])
+
+
+def test_shape_classes_differ_in_their_geometry():
+    images, labels = data.make_shapes(3000, 32, seed=0)
+    foreground = images[..., 0] > -0.9
+    # Fill ratio of the bounding box: square ~1, circle ~pi/4, triangle ~1/2.
+    fill = []
+    for mask in foreground:
+        rows, cols = np.where(mask.any(1))[0], np.where(mask.any(0))[0]
+        fill.append(mask.sum() / ((rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)))
+    fill = np.array(fill)
+    means = [fill[labels == c].mean() for c in range(3)]
+    assert means[1] > means[0] > means[2], means  # square > circle > triangle
+
+
+def test_splits_differ_and_batches_are_deterministic_and_resumable():
+    train_images, _ = data.load_split("shapes", "train", 8)
+    test_images, _ = data.load_split("shapes", "test", 8)
+    assert len(train_images) == data.SPLIT_SIZES["train"] and len(test_images) == data.SPLIT_SIZES["test"]
+    assert not np.array_equal(train_images[:10], test_images[:10])
+
+    images, labels = data.make_shapes(40, 8, seed=0)
+    stream = data.Batches(images, labels, 16, seed=(1, 2))
+    first = [next(stream) for _ in range(4)]  # crosses an epoch boundary (40 // 16 = 2 per epoch)
+    state = stream.state()
+    rest = [next(stream) for _ in range(3)]
+    resumed = data.Batches(images, labels, 16, seed=(1, 2))
+    resumed.restore(state)
+    for a, b in zip(rest, [next(resumed) for _ in range(3)]):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    replay = data.Batches(images, labels, 16, seed=(1, 2))
+    np.testing.assert_array_equal(first[0]["label"], next(replay)["label"])
+    assert not np.array_equal(first[0]["image"], first[2]["image"])  # reshuffled each epoch
