@@ -54,21 +54,20 @@ class TrainResult:
     final_loss: list[float]  # per block, mean loss over its last logging interval
 
 
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """AdamW with linear warmup then cosine decay over the block's own steps, after global-norm
-    clipping. Each block owns one instance of its state, so idle blocks are never decayed or moved."""
-    schedule = optax.warmup_cosine_decay_schedule(
+def lr_schedule(config: Config) -> optax.Schedule:
+    """Linear warmup to `learning_rate`, then cosine decay to zero over the block's own steps."""
+    return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps,
         decay_steps=max(config.steps, config.warmup_steps + 1), end_value=0.0)
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    """AdamW on `lr_schedule` after global-norm clipping. Each block owns one instance of its state,
+    so idle blocks are never decayed or moved."""
     return optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
-        optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, weight_decay=config.weight_decay),
+        optax.adamw(lr_schedule(config), b1=config.adam_b1, b2=config.adam_b2, weight_decay=config.weight_decay),
     )
-
-
-def learning_rate_at(config: Config, step: int) -> float:
-    return float(optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, config.warmup_steps, max(config.steps, config.warmup_steps + 1), 0.0)(step))
 
 
 def ema_decay_at(decay: float, step):
@@ -226,7 +225,7 @@ class _Logger:
     drives the progress bar."""
 
     def __init__(self, config: Config, workdir: str | None, total: int, progress: bool):
-        self.config, self.start = config, time.perf_counter()
+        self.config, self.schedule, self.start = config, lr_schedule(config), time.perf_counter()
         self.path = os.path.join(workdir, "metrics.jsonl") if workdir else None
         self.pending: list[tuple[int, int, int, jax.Array]] = []
         self.last_loss: dict[int, float] = {}
@@ -257,7 +256,7 @@ class _Logger:
             self.last_loss[block] = float(np.mean([v for _, _, v in entries]))
             step, block_step, _ = entries[-1]
             records.append({"step": step + 1, "block": block, "block_step": block_step + 1,
-                            "loss": self.last_loss[block], "lr": learning_rate_at(self.config, block_step),
+                            "loss": self.last_loss[block], "lr": float(self.schedule(block_step)),
                             "elapsed_s": round(time.perf_counter() - self.start, 3)})
         if self.path:
             with open(self.path, "a") as f:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from dblocks_jax import EDM, BlockPartition
+from dblocks_jax.analytic import solver_error
 from dblocks_jax.sampling import evaluations_per_sample, karras_grid, make_sampler, sigma_grid
 
 
@@ -106,41 +107,18 @@ def test_sampler_compiles_once_for_all_steps():
     assert counts[0] == counts[1] == 2  # the scan body and the final denoise, whatever K
 
 
-def gaussian_problem():
-    """Data y ~ N(mu, s^2) per pixel: D(z, t) = mu + s^2/(s^2 + t^2) (z - mu) is exact, and the
-    PF-ODE keeps (z - mu)/sqrt(s^2 + t^2) constant."""
-    rng = np.random.default_rng(0)
-    mu = rng.uniform(-0.5, 0.5, (1, 4, 4, 1))
-    s = rng.uniform(0.05, 0.6, (1, 4, 4, 1))
-    denoise = lambda params, z, t, labels: (mu + s**2 / (s**2 + t[:, None, None, None] ** 2) * (z - mu)).astype(
-        jnp.float32)
-    noise = jax.random.normal(jax.random.key(1), (64, 4, 4, 1))
-    edm = EDM()
-    z0 = edm.sigma_max * np.asarray(noise, np.float64)
-    z_end = mu + (z0 - mu) * np.sqrt(s**2 + edm.sigma_min**2) / np.sqrt(s**2 + edm.sigma_max**2)
-    exact = mu + s**2 / (s**2 + edm.sigma_min**2) * (z_end - mu)
-    return denoise, noise, exact
-
-
-def gaussian_error(solver, steps, grid):
-    denoise, noise, exact = gaussian_problem()
-    part = BlockPartition.equiprobable(4)
-    out = make_sampler(denoise, part, num_steps=steps, solver=solver, grid=grid)(jnp.zeros((4,)), noise)
-    return float(np.sqrt(np.mean((np.asarray(out, np.float64) - exact) ** 2)))
-
-
 def test_heun_beats_euler_at_equal_evaluations_on_the_karras_grid():
     assert evaluations_per_sample("heun", 32) == evaluations_per_sample("euler", 64)
-    heun, euler = gaussian_error("heun", 32, "karras"), gaussian_error("euler", 64, "karras")
+    heun, euler = solver_error("heun", 32, "karras"), solver_error("euler", 64, "karras")
     assert heun < 0.01, heun
     assert heun < euler / 2, (heun, euler)
-    assert gaussian_error("heun", 128, "karras") < heun / 8  # second order: error ~ K^-2
+    assert solver_error("heun", 128, "karras") < heun / 8  # second order: error ~ K^-2
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun"])
 def test_both_solvers_converge_to_the_exact_solution_on_the_equiprobable_grid(solver):
     # Heun's trapezoid is poor on this grid's huge first step (80 -> ~1.2 at K = 8): the derivative
     # at the far end is ~50x larger. It still converges as K grows; see README, "Solvers".
-    errors = [gaussian_error(solver, k, "equiprobable") for k in (32, 128, 512)]
+    errors = [solver_error(solver, k, "equiprobable") for k in (32, 128, 512)]
     assert errors[0] > errors[1] > errors[2], errors
     assert errors[2] < 0.005, errors
