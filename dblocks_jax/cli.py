@@ -1,6 +1,6 @@
-"""Command line: `python -m dblocks_jax {train,sample} ...` (also installed as `dblocks`).
+"""Command line: `python -m dblocks_jax {train,sample,bench} ...` (also installed as `dblocks`).
 
-A thin layer over `dblocks_jax.training.train` and `dblocks_jax.sampling.generate`: it parses
+A thin layer over `dblocks_jax.training`, `dblocks_jax.sampling` and `dblocks_jax.bench`: it parses
 arguments, builds and validates the config (so a bad value fails before anything compiles), and
 prints where the results went.
 """
@@ -41,7 +41,47 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = conditional)")
     sa.add_argument("--seed", type=int)
     sa.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npz (images, labels)")
+    be = sub.add_parser("bench", help="measure memory, step time and sampling cost: e2e vs DiffusionBlocks")
+    be.add_argument("--config", default="shapes", help=f"preset: {', '.join(sorted(config_lib.PRESETS))}")
+    be.add_argument("--num-blocks", default="1,2,4", help="comma-separated values of B, e.g. 1,2,3,4,6,8")
+    be.add_argument("--modes", default=None, help="comma-separated subset of: e2e, e2e-remat, db-sequential, "
+                                                  "db-interleaved, db-remat (default: all)")
+    be.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    be.add_argument("--time-steps", type=int, default=20, help="timed steps per mode and B (0: memory only)")
+    be.add_argument("--sample-steps", type=int, default=0, help="also time the sampler with K steps (0: skip)")
+    be.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    be.add_argument("--json", help="write the records here, with a .md table and a .png chart beside it")
     return parser
+
+
+def _int_list(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{flag} expects comma-separated integers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{flag} expects at least one integer")
+    return values
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    from dblocks_jax import bench
+
+    overrides = config_lib.parse_overrides(args.overrides)
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
+    config = config_lib.get_config(args.config, **overrides)
+    modes = tuple(m.strip() for m in args.modes.split(",")) if args.modes else bench.MODES
+    if args.time_steps < 0 or args.sample_steps < 0:
+        raise ValueError("--time-steps and --sample-steps must be >= 0")
+    settings = bench.BenchSettings(num_blocks=_int_list("--num-blocks", args.num_blocks), modes=modes,
+                                   time_steps=args.time_steps, sample_steps=args.sample_steps)
+    bench.plan_runs(config, settings)  # every mode and B validated before anything compiles
+    records = bench.run_bench(config, settings)
+    print(bench.markdown_table(records))
+    if args.json:
+        table, chart = bench.write_results(records, args.json)
+        print(f"wrote {args.json}, {table}, {chart}")
 
 
 def train_config(args: argparse.Namespace) -> config_lib.Config:
@@ -102,7 +142,7 @@ def run_sample(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"train": run_train, "sample": run_sample}[args.command](args)
+        {"train": run_train, "sample": run_sample, "bench": run_bench}[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"dblocks {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -50,3 +50,13 @@ def test_sample_errors_are_clear(tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
     assert cli.main(["sample", "--workdir", str(tmp_path), "--out", "x.jpg"]) == 2
     assert ".png or .npz" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs_and_reports_bad_config():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "dblocks_jax", "train", "--set", "num_blocks=0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "num_blocks=0; allowed: an integer >= 1" in proc.stderr

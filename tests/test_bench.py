@@ -1,0 +1,59 @@
+import json
+import os
+
+import pytest
+from conftest import tiny_config
+
+from dblocks_jax import bench, cli
+from dblocks_jax.training import BlockTrainer
+
+
+def peak(mode, num_blocks, **overrides):
+    config = bench.mode_config(tiny_config(num_layers=8, width=64, batch_size=32, **overrides), mode, num_blocks)
+    return bench.step_memory(bench.compile_step(BlockTrainer(config)))["step_peak"]
+
+
+def test_sequential_blocks_need_far_less_memory_than_end_to_end():
+    e2e = peak("e2e", 1)
+    assert peak("db-sequential", 4) < 0.5 * e2e
+    assert peak("db-sequential", 2) < 0.75 * e2e
+    assert peak("db-sequential", 1) == e2e  # B = 1 is the same compiled step
+
+
+def test_bench_records_have_every_field(tmp_path):
+    settings = bench.BenchSettings(num_blocks=(2,), time_steps=2, warmup_steps=1, sample_steps=2,
+                                   sample_batch=2, sample_repeats=1)
+    records = bench.run_bench(tiny_config(batch_size=4), settings, progress=False)
+    assert sorted((r["mode"], r["num_blocks"]) for r in records) == sorted(
+        [("e2e", 1), ("e2e-remat", 1), ("db-sequential", 2), ("db-interleaved", 2), ("db-remat", 2)])
+    for r in records:
+        assert {"mode", "num_blocks", "layers_per_block", "batch_size", "device", "platform", "jax_version",
+                "params_per_block", "memory_bytes", "analytic_bytes", "flops_per_step", "config", "step_time_s",
+                "step_times_s", "e2e_equivalent_time_s", "achieved_flops_per_s", "mfu"} <= set(r)
+        m = r["memory_bytes"]
+        assert set(m) == {"argument", "output", "alias", "temp", "step_peak", "resident_state", "total_peak"}
+        assert m["step_peak"] == m["argument"] + m["output"] - m["alias"] + m["temp"]
+        assert len(r["step_times_s"]) == 2 and r["flops_per_step"] > 0
+    interleaved = next(r for r in records if r["mode"] == "db-interleaved" and r["num_blocks"] == 2)
+    sequential = next(r for r in records if r["mode"] == "db-sequential" and r["num_blocks"] == 2)
+    assert interleaved["memory_bytes"]["resident_state"] == 2 * sequential["memory_bytes"]["resident_state"]
+    assert interleaved["memory_bytes"]["total_peak"] > sequential["memory_bytes"]["total_peak"]
+    e2e_sampler = next(r for r in records if r["mode"] == "e2e")["sampler"]
+    assert e2e_sampler["layer_evals_per_sample"] == 2 * sequential["sampler"]["layer_evals_per_sample"]
+
+    table, chart = bench.write_results(records, str(tmp_path / "out" / "bench.json"))
+    assert len(json.load(open(tmp_path / "out" / "bench.json"))) == len(records)
+    assert open(table).read().count("\n") == len(records) + 2
+    assert os.path.getsize(chart) > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--modes", "e2e,fast"], "unknown bench mode 'fast'; allowed: e2e, e2e-remat"),
+    (["--num-blocks", "1,3"], "num_layers=8; allowed: a multiple of num_blocks=3"),
+    (["--num-blocks", "two"], "--num-blocks expects comma-separated integers"),
+    (["--time-steps", "-1"], "--time-steps and --sample-steps must be >= 0"),
+])
+def test_bad_bench_arguments_fail_before_anything_compiles(args, message, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "compile_step", lambda *a: pytest.fail("compiled despite bad arguments"))
+    assert cli.main(["bench", "--config", "shapes", *args]) == 2
+    assert message in capsys.readouterr().err
