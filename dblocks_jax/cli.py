@@ -1,4 +1,4 @@
-"""Command line: `python -m dblocks_jax {train,sample,bench} ...` (also installed as `dblocks`).
+"""Command line: `python -m dblocks_jax {train,sample,evaluate,bench} ...` (also installed as `dblocks`).
 
 A thin layer over `dblocks_jax.training`, `dblocks_jax.sampling` and `dblocks_jax.bench`: it parses
 arguments, builds and validates the config (so a bad value fails before anything compiles), and
@@ -40,7 +40,21 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument("--grid", choices=config_lib.GRIDS)
     sa.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = conditional)")
     sa.add_argument("--seed", type=int)
+    sa.add_argument("--class", dest="class_label", type=int,
+                    help="draw every sample of this class (default: a balanced grid over the classes)")
     sa.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npz (images, labels)")
+
+    ev = sub.add_parser("evaluate", help="score a trained run: Frechet distance in classifier feature space "
+                                         "and conditional accuracy, over several sampling seeds")
+    ev.add_argument("--workdir", required=True)
+    ev.add_argument("--seeds", default="0,1,2", help="comma-separated sampling seeds")
+    ev.add_argument("--num-samples", type=int, help="samples per seed (default: the held-out split's size)")
+    ev.add_argument("--steps", type=int, help="sampler steps K")
+    ev.add_argument("--guidance", type=float)
+    ev.add_argument("--untrained", action="store_true",
+                    help="score freshly initialised blocks of the run's config (the baseline to beat)")
+    ev.add_argument("--json", help="also write the result here (default: <workdir>/evaluation.json, "
+                                   "evaluation_untrained.json with --untrained)")
     be = sub.add_parser("bench", help="measure memory, step time and sampling cost: e2e vs DiffusionBlocks")
     be.add_argument("--config", default="shapes", help=f"preset: {', '.join(sorted(config_lib.PRESETS))}")
     be.add_argument("--num-blocks", default="1,2,4", help="comma-separated values of B, e.g. 1,2,3,4,6,8")
@@ -130,7 +144,13 @@ def run_sample(args: argparse.Namespace) -> None:
     trainer = training.BlockTrainer(config)
     params = [checkpoint.restore_block(args.workdir, b, trainer.abstract_state).ema
               for b in range(config.num_blocks)]
-    images, labels = training.sample_from_config(config, trainer.model, params)
+    labels = None
+    if args.class_label is not None:
+        if not 0 <= args.class_label < config.num_classes:
+            raise ValueError(f"--class {args.class_label}; allowed: 0..{config.num_classes - 1} for this run "
+                             f"(class-conditional: {config.class_conditional})")
+        labels = np.full(config.num_samples, args.class_label, np.int32)
+    images, labels = training.sample_from_config(config, trainer.model, params, labels=labels)
     if args.out.endswith(".png"):
         save_image_grid(args.out, images, num_cols=int(np.ceil(np.sqrt(len(images)))))
     else:
@@ -139,10 +159,32 @@ def run_sample(args: argparse.Namespace) -> None:
           f"guidance {config.guidance}) to {args.out}")
 
 
+def run_evaluate(args: argparse.Namespace) -> None:
+    from dblocks_jax import metrics
+
+    sample_config(argparse.Namespace(workdir=args.workdir, num_samples=None, steps=None, solver=None, grid=None,
+                                     guidance=None, seed=None))  # a clear error for a wrong --workdir
+    overrides = {k: v for k, v in (("sample_steps", args.steps), ("guidance", args.guidance)) if v is not None}
+    result = metrics.evaluate_run(args.workdir, seeds=_int_list("--seeds", args.seeds),
+                                  num_samples=args.num_samples, overrides=overrides, untrained=args.untrained)
+    default_name = "evaluation_untrained.json" if args.untrained else "evaluation.json"
+    path = args.json or os.path.join(args.workdir, default_name)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    fd, acc = result["frechet_distance"], result["conditional_accuracy"]
+    print(f"Frechet distance (classifier features, {result['num_samples']} samples vs {result['num_reference']} "
+          f"held-out): {fd['mean']:.3f} +/- {fd['std']:.3f} over {len(result['seeds'])} seeds")
+    if acc:
+        print(f"conditional accuracy: {acc['mean']:.3f} +/- {acc['std']:.3f} "
+              f"(classifier's own held-out accuracy: {result['classifier']['held_out_accuracy']:.3f})")
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"train": run_train, "sample": run_sample, "bench": run_bench}[args.command](args)
+        commands = {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "bench": run_bench}
+        commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"dblocks {args.command}: error: {err}", file=sys.stderr)
         return 2

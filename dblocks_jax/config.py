@@ -160,9 +160,6 @@ def _validate(c: Config) -> None:
 
     _require(c.dataset in data.dataset_names() or c.dataset.startswith("tfds:"), "dataset", c.dataset,
              f"one of {', '.join(data.dataset_names())} or tfds:<name>")
-    info = c.dataset_info
-    _require(info.image_size is None or c.image_size == info.image_size, "image_size", c.image_size,
-             f"{info.image_size} (the native size of dataset {c.dataset})")
     _require(c.image_size >= 1, "image_size", c.image_size, "an integer >= 1")
     _require(c.num_blocks >= 1, "num_blocks", c.num_blocks, "an integer >= 1 that divides num_layers")
     _require(c.num_layers >= 1, "num_layers", c.num_layers, "an integer >= 1")

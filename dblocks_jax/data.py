@@ -1,8 +1,14 @@
-"""Datasets: one batch format for every source (images NHWC float32 in [-1, 1], int32 labels).
+"""Datasets: one batch format for every source (images NHWC float32 in [-1, 1], int32 labels),
+delivered at the run's `image_size` (resized where the source differs), so any preset can swap
+datasets with `--set dataset=...`.
 
-`shapes` is generated procedurally, so the default job needs no download and no file: anti-aliased
-circles, squares and triangles of random size, position and brightness on a black background,
-labelled by shape. The same seed always gives the same images.
+Bundled datasets need no download and are deterministic:
+- `shapes`: generated procedurally: anti-aliased circles, squares and triangles of random size,
+  position and brightness on a black background, labelled by shape (the easy task).
+- `digits`: scikit-learn's 1797 real 8x8 handwritten digits, 10 classes.
+- `patterns`: 32x32 crops of real photos and textures bundled with scikit-image, labelled by source
+  image (the harder task). Training and held-out crops come from alternating vertical stripes of
+  each source, so the splits share no pixel but cover the same content.
 """
 
 from __future__ import annotations
@@ -18,13 +24,18 @@ class DatasetInfo:
     name: str
     channels: int
     num_classes: int
-    image_size: int | None  # None: generated at any requested size
+    image_size: int  # native size, what presets use; every dataset is delivered at any requested size
     class_names: tuple[str, ...] = ()
 
 
-SHAPES = DatasetInfo("shapes", channels=1, num_classes=3, image_size=None,
+SHAPES = DatasetInfo("shapes", channels=1, num_classes=3, image_size=16,
                      class_names=("circle", "square", "triangle"))
-_BUNDLED = {SHAPES.name: SHAPES}
+DIGITS = DatasetInfo("digits", channels=1, num_classes=10, image_size=16,
+                     class_names=tuple(str(d) for d in range(10)))
+PATTERN_SOURCES = ("brick", "grass", "gravel", "moon", "coffee", "chelsea", "astronaut", "immunohistochemistry")
+PATTERNS = DatasetInfo("patterns", channels=3, num_classes=len(PATTERN_SOURCES), image_size=32,
+                       class_names=PATTERN_SOURCES)
+_BUNDLED = {d.name: d for d in (SHAPES, DIGITS, PATTERNS)}
 # Shapes of the TFDS image datasets presets refer to, known without touching TFDS.
 _TFDS = {
     "mnist": DatasetInfo("tfds:mnist", channels=1, num_classes=10, image_size=28),
@@ -84,9 +95,61 @@ def load_split(name: str, split: str, image_size: int) -> tuple[np.ndarray, np.n
     info = dataset_info(name)
     if info.name == SHAPES.name:
         return make_shapes(SPLIT_SIZES[split], image_size, seed=_SPLIT_SEEDS[split])
+    if info.name == DIGITS.name:
+        return _digits(split, image_size)
+    if info.name == PATTERNS.name:
+        return _patterns(split, image_size)
     raise ValueError(
         f"dataset {name!r} is a TFDS dataset; loading TFDS data is not implemented yet (tracked in the "
         f"data issue). Use one of the bundled datasets: {', '.join(dataset_names())}")
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize NHWC float images to size x size (anti-aliased when shrinking)."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images.astype(np.float32)
+    from skimage.transform import resize as sk_resize
+
+    out = sk_resize(images, (len(images), size, size, images.shape[-1]), order=1, anti_aliasing=True,
+                    preserve_range=True)
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+
+def _digits(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (ink 0..16) as white-on-black in [-1, 1]; a fixed 1500 / 297 split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = (bunch.images.astype(np.float32) / 16.0 * 2.0 - 1.0)[..., None]
+    order = np.random.default_rng(0).permutation(len(images))
+    idx = order[:1500] if split == "train" else order[1500:]
+    return resize(images[idx], image_size), bunch.target[idx].astype(np.int32)
+
+
+def _patterns(split: str, image_size: int, crop: int = 32, source_size: int = 128,
+              stripe: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Random crops of the scikit-image sources, each source downscaled so its short side is
+    `source_size` pixels (so that a crop shows structure, not just grain). Each source is cut into
+    vertical stripes `stripe` pixels wide; training crops lie inside even stripes and held-out crops
+    inside odd ones, so the splits share no pixel yet cover every region of every source."""
+    import skimage.data
+    from skimage.transform import rescale
+
+    rng = np.random.default_rng(_SPLIT_SEEDS[split])
+    per_class = SPLIT_SIZES[split] // len(PATTERN_SOURCES)
+    images, labels = [], []
+    for label, source in enumerate(PATTERN_SOURCES):
+        image = getattr(skimage.data, source)().astype(np.float32) / 255.0
+        image = image[..., None].repeat(3, axis=-1) if image.ndim == 2 else image[..., :3]
+        image = rescale(image, source_size / min(image.shape[:2]), channel_axis=-1, anti_aliasing=True)
+        stripes = np.arange(0 if split == "train" else 1, image.shape[1] // stripe, 2)
+        xs = rng.choice(stripes, per_class) * stripe + rng.integers(0, stripe - crop + 1, per_class)
+        ys = rng.integers(0, image.shape[0] - crop + 1, per_class)
+        images.append(np.stack([image[y:y + crop, x:x + crop] for y, x in zip(ys, xs)]))
+        labels.append(np.full(per_class, label, np.int32))
+    images = np.concatenate(images) * 2.0 - 1.0
+    order = rng.permutation(len(images))
+    return resize(images[order], image_size), np.concatenate(labels)[order]
 
 
 class Batches:

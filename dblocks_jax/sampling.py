@@ -28,7 +28,9 @@ def equiprobable_grid(num_steps: int, edm: EDM) -> np.ndarray:
     """t_0 = sigma_max > ... > t_K = sigma_min, equally spaced in the training log-normal's CDF, so
     that each block of an equi-probability partition gets about K/B steps."""
     q_min, q_max = edm.sigma_cdf([edm.sigma_min, edm.sigma_max])
-    grid = edm.sigma_quantile(q_max - np.arange(num_steps + 1) / num_steps * (q_max - q_min))
+    # The same expression as the partition's boundaries (q_min + k/B dq), so that when K is a multiple
+    # of B the grid hits every boundary bit for bit and each block gets exactly K/B steps.
+    grid = edm.sigma_quantile(q_min + np.arange(num_steps, -1, -1) / num_steps * (q_max - q_min))
     grid[0], grid[-1] = edm.sigma_max, edm.sigma_min
     return grid
 

@@ -77,11 +77,14 @@ def ema_decay_at(decay: float, step):
 
 
 def block_plan(config: Config) -> np.ndarray:
-    """The block trained at each step: B * steps entries (compute parity with end-to-end)."""
-    b, n = config.num_blocks, config.steps
+    """The block trained at each step: every block exactly `steps` times (compute parity with an
+    end-to-end run of `steps` steps). Interleaved: a seeded random order, so that each step's block
+    is uniformly distributed as in the paper, without the paper's i.i.d. draws leaving some blocks
+    with more steps than others. Sequential: block 0's steps, then block 1's, ..."""
+    plan = np.repeat(np.arange(config.num_blocks), config.steps)
     if config.schedule == "sequential":
-        return np.repeat(np.arange(b), n)
-    return np.random.default_rng([config.seed, 0x5EED]).integers(0, b, size=b * n)
+        return plan
+    return np.random.default_rng([config.seed, 0x5EED]).permutation(plan)
 
 
 class BlockTrainer:
@@ -112,8 +115,9 @@ class BlockTrainer:
         decay = ema_decay_at(self.config.ema_decay, block_step)
         ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema, params)
         new_state = BlockState(params, opt_state, ema)
-        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
-        return jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state), loss
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        return jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state), (loss, grad_norm)
 
     @property
     def state_bytes(self) -> int:
@@ -182,17 +186,14 @@ def train(config: Config, workdir: str | None = None, *, overwrite: bool = False
                 resident[b] = trainer.init_state(b)
                 logger.set_block(b)
             batch = next(streams[b])
-            resident[b], loss = trainer.train_step(resident[b], batch["image"], batch["label"], b, block_steps[b])
-            logger.record(t, b, block_steps[b], loss)
+            resident[b], metrics = trainer.train_step(resident[b], batch["image"], batch["label"], b, block_steps[b])
+            logger.record(t, b, block_steps[b], metrics)
             block_steps[b] += 1
             if on_step is not None:
                 on_step(t, b, resident)
             if (t + 1) % config.log_every == 0:
                 logger.flush()
             if last_step[b] == t:
-                finish_block(b)
-        for b in range(config.num_blocks):  # blocks the random plan never drew stay at initialisation
-            if b not in host_params:
                 finish_block(b)
     finally:
         logger.close()
@@ -204,9 +205,12 @@ def train(config: Config, workdir: str | None = None, *, overwrite: bool = False
                                                               for b in range(config.num_blocks)])
 
 
-def sample_from_config(config: Config, model: BlockModel, params: list) -> tuple[np.ndarray, np.ndarray | None]:
-    """Samples with the config's sampler settings; class-conditional models get balanced labels."""
-    labels = balanced_labels(config.num_samples, config.num_classes) if config.num_classes else None
+def sample_from_config(config: Config, model: BlockModel, params: list,
+                       labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Samples with the config's sampler settings; class-conditional models get balanced labels
+    unless `labels` is given."""
+    if labels is None and config.num_classes:
+        labels = balanced_labels(config.num_samples, config.num_classes)
     images = generate(model, params, num_samples=config.num_samples, num_steps=config.sample_steps,
                       solver=config.solver, grid=config.grid, guidance=config.guidance, seed=config.seed,
                       labels=labels)
@@ -227,7 +231,7 @@ class _Logger:
     def __init__(self, config: Config, workdir: str | None, total: int, progress: bool):
         self.config, self.schedule, self.start = config, lr_schedule(config), time.perf_counter()
         self.path = os.path.join(workdir, "metrics.jsonl") if workdir else None
-        self.pending: list[tuple[int, int, int, jax.Array]] = []
+        self.pending: list[tuple[int, int, int, tuple[jax.Array, jax.Array]]] = []
         self.last_loss: dict[int, float] = {}
         self.bar = tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5,
                         desc=f"{config.num_blocks} block(s), {config.schedule}")
@@ -236,27 +240,30 @@ class _Logger:
         if self.config.schedule == "sequential":
             self.bar.set_description(f"block {b + 1}/{self.config.num_blocks}")
 
-    def record(self, step: int, block: int, block_step: int, loss: jax.Array) -> None:
-        self.pending.append((step, block, block_step, loss))
+    def record(self, step: int, block: int, block_step: int, metrics: tuple[jax.Array, jax.Array]) -> None:
+        """Keep (loss, gradient norm) of one step, still on the device."""
+        self.pending.append((step, block, block_step, metrics))
 
     def flush(self) -> None:
         if not self.pending:
             return
-        losses = jax.device_get([entry[3] for entry in self.pending])
-        for (step, block, block_step, _), value in zip(self.pending, losses):
-            if not np.isfinite(value):
+        values = jax.device_get([entry[3] for entry in self.pending])
+        for (step, block, block_step, _), (loss, grad_norm) in zip(self.pending, values):
+            if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+                what = f"loss ({loss})" if not np.isfinite(loss) else f"gradient norm ({grad_norm}, loss {loss})"
                 raise NonFiniteLossError(
-                    f"non-finite loss ({value}) in block {block} at its step {block_step} (global step {step}); "
+                    f"non-finite {what} in block {block} at its step {block_step + 1} (global step {step + 1}); "
                     f"training stopped, that update was not applied and nothing was saved after it")
         per_block: dict[int, list] = {}
-        for (step, block, block_step, _), value in zip(self.pending, losses):
-            per_block.setdefault(block, []).append((step, block_step, float(value)))
+        for (step, block, block_step, _), (loss, grad_norm) in zip(self.pending, values):
+            per_block.setdefault(block, []).append((step, block_step, float(loss), float(grad_norm)))
         records = []
         for block, entries in sorted(per_block.items()):
-            self.last_loss[block] = float(np.mean([v for _, _, v in entries]))
-            step, block_step, _ = entries[-1]
+            self.last_loss[block] = float(np.mean([e[2] for e in entries]))
+            step, block_step = entries[-1][:2]
             records.append({"step": step + 1, "block": block, "block_step": block_step + 1,
-                            "loss": self.last_loss[block], "lr": float(self.schedule(block_step)),
+                            "loss": self.last_loss[block], "grad_norm": float(np.mean([e[3] for e in entries])),
+                            "lr": float(self.schedule(block_step)),
                             "elapsed_s": round(time.perf_counter() - self.start, 3)})
         if self.path:
             with open(self.path, "a") as f:

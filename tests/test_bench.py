@@ -29,11 +29,16 @@ def test_bench_records_have_every_field(tmp_path):
     for r in records:
         assert {"mode", "num_blocks", "layers_per_block", "batch_size", "device", "platform", "jax_version",
                 "params_per_block", "memory_bytes", "analytic_bytes", "flops_per_step", "config", "step_time_s",
-                "step_times_s", "e2e_equivalent_time_s", "achieved_flops_per_s", "mfu"} <= set(r)
+                "step_times_s", "e2e_equivalent_time_s", "achieved_flops_per_s", "mfu", "model_flops_per_step",
+                "analytic_is_fit"} <= set(r)
         m = r["memory_bytes"]
         assert set(m) == {"argument", "output", "alias", "temp", "step_peak", "resident_state", "total_peak"}
         assert m["step_peak"] == m["argument"] + m["output"] - m["alias"] + m["temp"]
         assert len(r["step_times_s"]) == 2 and r["flops_per_step"] > 0
+    by_mode = {r["mode"]: r for r in records}
+    assert by_mode["e2e-remat"]["flops_per_step"] > by_mode["e2e"]["flops_per_step"]  # recompute is counted
+    assert by_mode["e2e-remat"]["model_flops_per_step"] == by_mode["e2e"]["flops_per_step"]  # but not as work
+    assert by_mode["db-remat"]["model_flops_per_step"] == by_mode["db-sequential"]["flops_per_step"]
     interleaved = next(r for r in records if r["mode"] == "db-interleaved" and r["num_blocks"] == 2)
     sequential = next(r for r in records if r["mode"] == "db-sequential" and r["num_blocks"] == 2)
     assert interleaved["memory_bytes"]["resident_state"] == 2 * sequential["memory_bytes"]["resident_state"]

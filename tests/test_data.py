@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from dblocks_jax import data
 
@@ -45,3 +46,25 @@ def test_splits_differ_and_batches_are_deterministic_and_resumable():
     replay = data.Batches(images, labels, 16, seed=(1, 2))
     np.testing.assert_array_equal(first[0]["label"], next(replay)["label"])
     assert not np.array_equal(first[0]["image"], first[2]["image"])  # reshuffled each epoch
+
+
+@pytest.mark.parametrize("name,channels,classes", [("digits", 1, 10), ("patterns", 3, 8)])
+def test_bundled_real_datasets_are_deterministic_balanced_and_resizable(name, channels, classes):
+    images, labels = data.load_split(name, "train", 16)
+    again, _ = data.load_split(name, "train", 16)
+    np.testing.assert_array_equal(images, again)
+    assert images.shape[1:] == (16, 16, channels) and images.dtype == np.float32
+    assert -1.0 <= images.min() < -0.5 and 0.5 < images.max() <= 1.0
+    counts = np.bincount(labels, minlength=classes)
+    assert len(counts) == classes and counts.min() > 0.8 * counts.mean()
+    test_images, _ = data.load_split(name, "test", 8)
+    assert test_images.shape[1:] == (8, 8, channels)
+    info = data.dataset_info(name)
+    assert (info.channels, info.num_classes) == (channels, classes)
+
+
+def test_any_preset_can_swap_in_another_dataset():
+    from dblocks_jax import get_config
+
+    config = get_config("shapes", dataset="patterns")
+    assert config.image_size == 16 and config.num_classes == 8 and config.dataset_info.channels == 3

@@ -86,7 +86,6 @@ def test_sample_sigma_accepts_a_traced_block_index():
     draw = jax.jit(lambda key, b: part.sample_sigma(key, b, (4000,)))
     for b in range(3):
         s = np.asarray(draw(jax.random.key(0), b))
-        assert np.all(part.block_of(s.astype(np.float64) * (1 - 1e-6) + 0) >= 0)
         lo, hi = part.band(b)
         assert lo * 0.9999 <= s.min() and s.max() <= hi * 1.0001
 

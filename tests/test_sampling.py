@@ -21,11 +21,12 @@ def test_karras_grid_formula():
     np.testing.assert_allclose(t, expected, rtol=1e-12)
 
 
-def test_equiprobable_grid_gives_each_block_about_k_over_b_steps():
-    part = BlockPartition.equiprobable(4)
-    owners = part.block_of(sigma_grid("equiprobable", 40, part.edm)[:-1])
-    counts = np.bincount(owners, minlength=4)
-    assert np.all(np.abs(counts - 10) <= 1), counts
+@pytest.mark.parametrize("num_blocks", [2, 3, 4, 6, 8, 12])
+def test_equiprobable_grid_gives_each_block_exactly_k_over_b_steps(num_blocks):
+    part = BlockPartition.equiprobable(num_blocks)
+    for k in (num_blocks, 2 * num_blocks, 5 * num_blocks, 50 // num_blocks * num_blocks):
+        owners = part.block_of(sigma_grid("equiprobable", k, part.edm)[:-1])
+        np.testing.assert_array_equal(np.bincount(owners, minlength=num_blocks), k // num_blocks)
 
 
 def constant_blocks(num_blocks):
