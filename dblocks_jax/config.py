@@ -160,6 +160,10 @@ def _validate(c: Config) -> None:
 
     _require(c.dataset in data.dataset_names() or c.dataset.startswith("tfds:"), "dataset", c.dataset,
              f"one of {', '.join(data.dataset_names())} or tfds:<name>")
+    try:
+        c.dataset_info  # noqa: B018 -- for tfds:<name>, reads the builder's metadata (no download)
+    except ValueError as err:
+        raise ValueError(f"invalid config: dataset={c.dataset!r}; {err}") from None
     _require(c.image_size >= 1, "image_size", c.image_size, "an integer >= 1")
     _require(c.num_blocks >= 1, "num_blocks", c.num_blocks, "an integer >= 1 that divides num_layers")
     _require(c.num_layers >= 1, "num_layers", c.num_layers, "an integer >= 1")

@@ -14,6 +14,8 @@ Bundled datasets need no download and are deterministic:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from typing import Iterator
 
 import numpy as np
@@ -53,10 +55,27 @@ def dataset_names() -> tuple[str, ...]:
 def dataset_info(name: str) -> DatasetInfo:
     if name in _BUNDLED:
         return _BUNDLED[name]
-    if name.startswith("tfds:") and name[5:] in _TFDS:
-        return _TFDS[name[5:]]
-    allowed = list(_BUNDLED) + [f"tfds:{n}" for n in _TFDS]
+    if name.startswith("tfds:"):
+        return _tfds_info(name[5:])
+    allowed = list(_BUNDLED) + ["tfds:<name> (e.g. tfds:mnist, tfds:cifar10)"]
     raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(allowed)}")
+
+
+@functools.lru_cache(maxsize=None)
+def _tfds_info(name: str) -> DatasetInfo:
+    """Image shape and classes of a TFDS dataset, read from its builder's metadata (no download)."""
+    if name in _TFDS:
+        return _TFDS[name]
+    import tensorflow_datasets as tfds
+
+    try:
+        features = tfds.builder(name, try_gcs=False).info.features
+        image, label = features["image"], features["label"]
+    except Exception as err:
+        raise ValueError(f"unknown dataset 'tfds:{name}': not a TFDS image classification dataset with "
+                         f"'image' and 'label' features ({err})") from err
+    return DatasetInfo(f"tfds:{name}", channels=image.shape[-1], num_classes=label.num_classes,
+                       image_size=image.shape[0])
 
 
 def make_shapes(num: int, image_size: int, seed: int, supersample: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -92,16 +111,71 @@ def load_split(name: str, split: str, image_size: int) -> tuple[np.ndarray, np.n
     """All images and labels of one split of a dataset, as numpy arrays in the batch format."""
     if split not in SPLIT_SIZES:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLIT_SIZES)}")
-    info = dataset_info(name)
+    info = dataset_info(name)  # tfds splits are named like ours: train, test
     if info.name == SHAPES.name:
         return make_shapes(SPLIT_SIZES[split], image_size, seed=_SPLIT_SEEDS[split])
     if info.name == DIGITS.name:
         return _digits(split, image_size)
     if info.name == PATTERNS.name:
         return _patterns(split, image_size)
-    raise ValueError(
-        f"dataset {name!r} is a TFDS dataset; loading TFDS data is not implemented yet (tracked in the "
-        f"data issue). Use one of the bundled datasets: {', '.join(dataset_names())}")
+    source = tfds_source(name, split)
+    records = [source[i] for i in range(len(source))]
+    images = np.stack([_to_model_range(r["image"]) for r in records])
+    return resize(images, image_size), np.array([r["label"] for r in records], np.int32)
+
+
+def tfds_source(name: str, split: str):
+    """Random-access TFDS data (array_record files, no TensorFlow needed). Never downloads: a dataset
+    that is not prepared fails at once with the way to prepare it."""
+    import tensorflow_datasets as tfds
+
+    tfds_name, data_dir = name[5:], os.environ.get("TFDS_DATA_DIR")
+    try:
+        return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
+    except Exception as err:
+        builder = tfds.builder(tfds_name, data_dir=data_dir, try_gcs=False)
+        if builder.is_prepared():
+            raise ValueError(f"cannot read TFDS dataset {tfds_name!r} split {split!r} from {builder.data_dir}: "
+                             f"{err}. It must be prepared with file_format=array_record") from err
+        raise ValueError(
+            f"TFDS dataset {tfds_name!r} is not prepared in {builder.data_dir} (set TFDS_DATA_DIR to use "
+            f"another directory). Prepare it on a machine with network access: `tfds build {tfds_name} "
+            f"--file_format=array_record` (or tfds.builder({tfds_name!r}, file_format='array_record')"
+            f".download_and_prepare()), then copy the directory here.") from None
+
+
+def tfds_batches(name: str, image_size: int, batch_size: int, seed) -> Iterator[dict[str, np.ndarray]]:
+    """Endless shuffled training batches of a TFDS dataset through Grain: deterministic per seed,
+    a new order every epoch, prefetched on threads, and sharded so that each JAX process reads its
+    own part. The iterator's get_state()/set_state() make it resumable."""
+    import grain
+    import jax
+
+    source = tfds_source(name, "train")
+    dataset = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
+    seed = int(np.random.SeedSequence(np.atleast_1d(seed).tolist()).generate_state(1)[0])
+    dataset = (dataset.seed(seed).shuffle().map(lambda r: (_to_model_range(r["image"]), r["label"]))
+               .repeat(None).batch(batch_size, drop_remainder=True)
+               .map(lambda b: {"image": resize(b[0], image_size), "label": np.asarray(b[1], np.int32)}))
+    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)))
+
+
+def train_batches(config, block: int) -> Iterator[dict[str, np.ndarray]]:
+    """The training stream of one block: its own shuffle seed (config.seed, block)."""
+    seed = (config.seed, block)
+    if config.dataset.startswith("tfds:"):
+        return tfds_batches(config.dataset, config.image_size, config.batch_size, seed)
+    images, labels = _cached_split(config.dataset, config.image_size)
+    return Batches(images, labels, config.batch_size, seed=seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_split(name: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    return load_split(name, "train", image_size)
+
+
+def _to_model_range(image) -> np.ndarray:
+    return np.asarray(image, np.float32) / 127.5 - 1.0
 
 
 def resize(images: np.ndarray, size: int) -> np.ndarray:

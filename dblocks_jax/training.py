@@ -157,9 +157,7 @@ def train(config: Config, workdir: str | None = None, *, overwrite: bool = False
     trainer = BlockTrainer(config)
     if workdir:
         prepare_workdir(workdir, config, overwrite)
-    if batches is None:
-        images, labels = data.load_split(config.dataset, "train", config.image_size)
-        batches = lambda b: data.Batches(images, labels, config.batch_size, seed=(config.seed, b))
+    batches = batches or (lambda b: data.train_batches(config, b))
     plan = block_plan(config)
     last_step = {int(b): int(t) for t, b in enumerate(plan)}
     streams = {b: batches(b) for b in range(config.num_blocks)}

@@ -68,3 +68,50 @@ def test_any_preset_can_swap_in_another_dataset():
 
     config = get_config("shapes", dataset="patterns")
     assert config.image_size == 16 and config.num_classes == 8 and config.dataset_info.channels == 3
+
+
+def test_tfds_datasets_train_and_load_through_grain_with_mock_data(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+    from conftest import tiny_config
+
+    from dblocks_jax import train
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with tfds.testing.mock_data(num_examples=64):
+        images, labels = data.load_split("tfds:mnist", "test", 8)
+        assert images.shape == (64, 8, 8, 1) and images.dtype == np.float32
+        assert -1.0 <= images.min() and images.max() <= 1.0 and labels.dtype == np.int32
+        stream = data.tfds_batches("tfds:mnist", 8, 16, seed=(0, 1))
+        first = [next(stream) for _ in range(5)]  # crosses an epoch (64 // 16 = 4 batches)
+        assert first[0]["image"].shape == (16, 8, 8, 1) and first[0]["label"].shape == (16,)
+        again = data.tfds_batches("tfds:mnist", 8, 16, seed=(0, 1))
+        np.testing.assert_array_equal(first[0]["image"], next(again)["image"])
+        other = data.tfds_batches("tfds:mnist", 8, 16, seed=(0, 2))
+        assert not np.array_equal(first[0]["image"], next(other)["image"])
+        state = stream.get_state()
+        expected = next(stream)["label"]
+        stream.set_state(state)
+        np.testing.assert_array_equal(next(stream)["label"], expected)
+        result = train(tiny_config(dataset="tfds:mnist", image_size=8, steps=2), progress=False)
+        assert result.block_steps == [2, 2]
+
+
+def test_unprepared_tfds_dataset_fails_at_once_without_downloading(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", no_network)
+    monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", no_network)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match=r"TFDS dataset 'mnist' is not prepared in .*tfds build mnist"):
+        data.load_split("tfds:mnist", "train", 28)
+
+
+def test_unknown_tfds_dataset_is_refused_by_the_config():
+    from dblocks_jax import get_config
+
+    with pytest.raises(ValueError, match="dataset='tfds:no_such_dataset'"):
+        get_config("shapes", dataset="tfds:no_such_dataset")
+    assert get_config("shapes", dataset="tfds:fashion_mnist").num_classes == 10
