@@ -169,7 +169,7 @@ def train(config: Config, workdir: str | None = None, *, overwrite: bool = False
     def finish_block(b: int) -> None:
         """Check the block's last losses, save it, keep a host copy and free its device memory."""
         logger.flush()
-        state = resident.pop(b) if b in resident else trainer.init_state(b)
+        state = resident.pop(b)
         host_state = jax.device_get(state)
         jax.tree.map(lambda x: x.delete(), state)
         if workdir:
