@@ -9,7 +9,7 @@ from dblocks_jax.training import BlockTrainer
 
 
 def peak(mode, num_blocks, **overrides):
-    config = bench.mode_config(tiny_config(num_layers=8, width=64, batch_size=32, **overrides), mode, num_blocks)
+    config = bench.mode_config(tiny_config(num_layers=8, batch_size=32, **overrides), mode, num_blocks)
     return bench.step_memory(bench.compile_step(BlockTrainer(config)))["step_peak"]
 
 
@@ -23,7 +23,7 @@ def test_sequential_blocks_need_far_less_memory_than_end_to_end():
 def test_bench_records_have_every_field(tmp_path):
     settings = bench.BenchSettings(num_blocks=(2,), time_steps=2, warmup_steps=1, sample_steps=2,
                                    sample_batch=2, sample_repeats=1)
-    records = bench.run_bench(tiny_config(batch_size=4), settings, progress=False)
+    records = bench.run_bench(tiny_config(batch_size=4, num_layers=2), settings, progress=False)
     assert sorted((r["mode"], r["num_blocks"]) for r in records) == sorted(
         [("e2e", 1), ("e2e-remat", 1), ("db-sequential", 2), ("db-interleaved", 2), ("db-remat", 2)])
     for r in records:
