@@ -8,6 +8,7 @@ gathers only the owning block's slice, so a step costs one block's layers, not t
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -113,6 +114,14 @@ def make_sampler(denoise: DenoiseFn, partition: BlockPartition, *, num_steps: in
     return jax.jit(sample)
 
 
+@functools.lru_cache(maxsize=16)
+def _model_sampler(model, guidance: float, num_steps: int, solver: str, grid: str) -> Callable:
+    """One compiled sampler per (model, settings): repeated `generate` calls (seeds, evaluation)
+    reuse it instead of tracing and compiling again. Models hash by identity."""
+    denoise = lambda params, z, sigma, y: model.guided_denoise(params, z, sigma, y, guidance)
+    return make_sampler(denoise, model.partition, num_steps=num_steps, solver=solver, grid=grid)
+
+
 def stack_blocks(block_params: list) -> Any:
     """Stack per-block parameter trees (identical structure) along a new leading block axis."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *block_params)
@@ -134,8 +143,7 @@ def generate(model, block_params: list, *, num_samples: int, num_steps: int, sol
     if model.num_classes and labels is None:
         labels = balanced_labels(num_samples, model.num_classes)
     labels = None if labels is None else jnp.asarray(labels, jnp.int32)
-    denoise = lambda params, z, sigma, y: model.guided_denoise(params, z, sigma, y, guidance)
-    sampler = make_sampler(denoise, model.partition, num_steps=num_steps, solver=solver, grid=grid)
+    sampler = _model_sampler(model, float(guidance), num_steps, solver, grid)
     shape = (num_samples, config.image_size, config.image_size, config.dataset_info.channels)
     noise = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
     return sampler(stack_blocks(block_params), noise, labels)

@@ -123,3 +123,18 @@ def test_both_solvers_converge_to_the_exact_solution_on_the_equiprobable_grid(so
     errors = [solver_error(solver, k, "equiprobable") for k in (32, 128, 512)]
     assert errors[0] > errors[1] > errors[2], errors
     assert errors[2] < 0.005, errors
+
+
+def test_generate_reuses_one_compiled_sampler_across_seeds():
+    from conftest import tiny_config
+
+    from dblocks_jax import BlockModel, generate
+    from dblocks_jax.sampling import _model_sampler
+
+    model = BlockModel.from_config(tiny_config())
+    params = [model.init(jax.random.key(b)) for b in range(2)]
+    first = generate(model, params, num_samples=3, num_steps=2, guidance=2.0, seed=0)
+    second = generate(model, params, num_samples=3, num_steps=2, guidance=2.0, seed=1)
+    assert not np.array_equal(first, second)
+    sampler = _model_sampler(model, 2.0, 2, "euler", "equiprobable")
+    assert sampler._cache_size() == 1  # both seeds ran through one compilation
