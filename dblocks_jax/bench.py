@@ -1,6 +1,6 @@
 """What DiffusionBlocks saves: training memory, step time and sampling cost (DESIGN.md section 5).
 
-Every mode is the same `BlockTrainer` and the same `make_sampler` the real runs use, on the same
+Every mode is the same `BlockTrainer` and the same compiled sampler the real runs use, on the same
 architecture, data shape and batch:
 
 - `e2e`: end-to-end, B = 1.
@@ -30,7 +30,7 @@ import numpy as np
 
 from dblocks_jax.config import Config
 from dblocks_jax.model import BlockModel
-from dblocks_jax.sampling import evaluations_per_sample, make_sampler
+from dblocks_jax.sampling import _model_sampler, evaluations_per_sample
 from dblocks_jax.training import BlockTrainer
 
 MODES = ("e2e", "e2e-remat", "db-sequential", "db-interleaved", "db-remat")
@@ -124,8 +124,7 @@ def time_sampler(config: Config, settings: BenchSettings) -> dict:
     """Wall time of drawing `sample_batch` images with K Euler steps (one pass per step, no guidance)."""
     model = BlockModel.from_config(config)
     params = jax.vmap(model.init)(jax.random.split(jax.random.key(0), config.num_blocks))
-    denoise = lambda p, z, s, y: model.denoise(p, z, s, y if model.num_classes else None)
-    sampler = make_sampler(denoise, model.partition, num_steps=settings.sample_steps, solver="euler")
+    sampler = _model_sampler(model, 1.0, settings.sample_steps, "euler", "equiprobable")  # guidance 1: one pass
     info = config.dataset_info
     noise = jax.random.normal(jax.random.key(1), (settings.sample_batch, config.image_size, config.image_size,
                                                   info.channels))

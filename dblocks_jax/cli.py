@@ -108,14 +108,11 @@ def train_config(args: argparse.Namespace) -> config_lib.Config:
 
 def sample_config(args: argparse.Namespace) -> config_lib.Config:
     """The run's saved config with the sampling flags applied."""
-    path = os.path.join(args.workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: --workdir must be a run directory written by `train`")
-    with open(path) as f:
-        config = config_lib.Config.from_dict(json.load(f))
+    from dblocks_jax import training
+
     flags = {"num_samples": args.num_samples, "sample_steps": args.steps, "solver": args.solver,
              "grid": args.grid, "guidance": args.guidance, "seed": args.seed}
-    return config.replace(**{k: v for k, v in flags.items() if v is not None})
+    return training.read_run_config(args.workdir, **{k: v for k, v in flags.items() if v is not None})
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -135,15 +132,14 @@ def run_train(args: argparse.Namespace) -> None:
 def run_sample(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from dblocks_jax import checkpoint, training
+    from dblocks_jax import training
     from dblocks_jax.plotting import save_image_grid
 
     if not args.out.endswith((".png", ".npz")):
         raise ValueError(f"--out must end in .png or .npz, got {args.out!r}")
     config = sample_config(args)
     trainer = training.BlockTrainer(config)
-    params = [checkpoint.restore_block(args.workdir, b, trainer.abstract_state).ema
-              for b in range(config.num_blocks)]
+    params, _ = training.restore_run(args.workdir, trainer)
     labels = None
     if args.class_label is not None:
         if not 0 <= args.class_label < config.num_classes:
@@ -162,8 +158,6 @@ def run_sample(args: argparse.Namespace) -> None:
 def run_evaluate(args: argparse.Namespace) -> None:
     from dblocks_jax import metrics
 
-    sample_config(argparse.Namespace(workdir=args.workdir, num_samples=None, steps=None, solver=None, grid=None,
-                                     guidance=None, seed=None))  # a clear error for a wrong --workdir
     overrides = {k: v for k, v in (("sample_steps", args.steps), ("guidance", args.guidance)) if v is not None}
     result = metrics.evaluate_run(args.workdir, seeds=_int_list("--seeds", args.seeds),
                                   num_samples=args.num_samples, overrides=overrides, untrained=args.untrained)

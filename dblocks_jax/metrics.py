@@ -112,8 +112,8 @@ class FeatureClassifier:
     def _train(self, info) -> tuple:
         s = self.settings
         images, labels = data.load_split(self.dataset, "train", self.image_size)
-        model = Classifier(info.channels, info.num_classes, rngs=nnx.Rngs(s.seed))
-        graphdef, params = nnx.split(model, nnx.Param)
+        graphdef = self.graphdef
+        params = nnx.split(Classifier(info.channels, info.num_classes, rngs=nnx.Rngs(s.seed)), nnx.Param)[1]
         tx = optax.adam(optax.cosine_decay_schedule(s.learning_rate, s.steps))
         opt_state = tx.init(params)
 
@@ -132,7 +132,6 @@ class FeatureClassifier:
             batch = next(batches)
             params, opt_state = step(params, opt_state, batch["image"], batch["label"])
         test_images, test_labels = data.load_split(self.dataset, "test", self.image_size)
-        self.graphdef = graphdef
         logits = _batched(lambda x: nnx.merge(graphdef, params)(x), test_images)
         return params, float(np.mean(np.argmax(logits, -1) == test_labels))
 
@@ -163,23 +162,18 @@ def evaluate_run(workdir: str, *, seeds=(0, 1, 2), num_samples: int | None = Non
     """Score a trained run: the Frechet distance of its samples to the held-out split in classifier
     feature space and their conditional accuracy, mean and std over sampling seeds. `untrained`
     scores freshly initialised blocks of the same config instead (the baseline to beat)."""
-    from dblocks_jax import checkpoint, training
-    from dblocks_jax.config import Config
+    from dblocks_jax import training
 
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = Config.from_dict(json.load(f)).replace(**(overrides or {}))
+    config = training.read_run_config(workdir, **(overrides or {}))
     reference, _ = data.load_split(config.dataset, "test", config.image_size)
     num_samples = num_samples or len(reference)
     classifier = FeatureClassifier(config.dataset, config.image_size, classifier_settings)
     trainer = training.BlockTrainer(config)
-    params, steps = [], []
-    for b in range(config.num_blocks):
-        if untrained:
-            params.append(jax.device_get(trainer.init_state(b).ema))
-            steps.append(0)
-        else:
-            params.append(checkpoint.restore_block(workdir, b, trainer.abstract_state).ema)
-            steps.append(checkpoint.latest_step(workdir, b))
+    if untrained:
+        params = [jax.device_get(trainer.init_state(b).ema) for b in range(config.num_blocks)]
+        steps = [0] * config.num_blocks
+    else:
+        params, steps = training.restore_run(workdir, trainer)
     fds, accs = [], []
     for seed in seeds:
         if progress:

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from typing import Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -201,6 +201,22 @@ def train(config: Config, workdir: str | None = None, *, overwrite: bool = False
         write_sample_grid(config, trainer.model, params, os.path.join(workdir, "samples.png"))
     return TrainResult(config, workdir, params, block_steps, [logger.last_loss.get(b, float("nan"))
                                                               for b in range(config.num_blocks)])
+
+
+def read_run_config(workdir: str, **overrides: Any) -> Config:
+    """The config a run directory was trained with (config.json), with `overrides` applied."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: --workdir must be a run directory written by `train`")
+    with open(path) as f:
+        return Config.from_dict(json.load(f)).replace(**overrides)
+
+
+def restore_run(workdir: str, trainer: BlockTrainer) -> tuple[list[Params], list[int]]:
+    """Every block's EMA parameters (what sampling uses) from the newest checkpoints, and their steps."""
+    blocks = range(trainer.config.num_blocks)
+    params = [checkpoint.restore_block(workdir, b, trainer.abstract_state).ema for b in blocks]
+    return params, [checkpoint.latest_step(workdir, b) for b in blocks]
 
 
 def sample_from_config(config: Config, model: BlockModel, params: list,
