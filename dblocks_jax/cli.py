@@ -30,10 +30,19 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="override any config field, e.g. --set width=64 (repeatable)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run in --workdir")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the run in --workdir from its newest intact checkpoint (starts it if it has none)")
+    tr.add_argument("--blocks", help="train only these blocks, e.g. 0,1 (the rest elsewhere; see `assemble`)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    dist = tr.add_argument_group("multi-host (jax.distributed); flags override JAX_COORDINATOR_ADDRESS, "
+                                 "JAX_NUM_PROCESSES and JAX_PROCESS_ID")
+    dist.add_argument("--coordinator", help="host:port of process 0")
+    dist.add_argument("--num-processes", type=int)
+    dist.add_argument("--process-id", type=int)
 
     sa = sub.add_parser("sample", help="draw samples from a trained run")
-    sa.add_argument("--workdir", required=True)
+    sa.add_argument("--workdir", required=True, action="append",
+                    help="run directory; repeat it to use blocks trained in separate runs")
     sa.add_argument("--num-samples", type=int)
     sa.add_argument("--steps", type=int, help="sampler steps K")
     sa.add_argument("--solver", choices=config_lib.SOLVERS)
@@ -55,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="score freshly initialised blocks of the run's config (the baseline to beat)")
     ev.add_argument("--json", help="also write the result here (default: <workdir>/evaluation.json, "
                                    "evaluation_untrained.json with --untrained)")
+    asm = sub.add_parser("assemble", help="gather blocks trained in separate runs into one run directory")
+    asm.add_argument("--workdir", required=True, action="append", help="a run holding some blocks (repeat)")
+    asm.add_argument("--out", required=True, help="the new run directory")
+    asm.add_argument("--overwrite", action="store_true")
+
     be = sub.add_parser("bench", help="measure memory, step time and sampling cost: e2e vs DiffusionBlocks")
     be.add_argument("--config", default="shapes", help=f"preset: {', '.join(sorted(config_lib.PRESETS))}")
     be.add_argument("--num-blocks", default="1,2,4", help="comma-separated values of B, e.g. 1,2,3,4,6,8")
@@ -112,21 +126,40 @@ def sample_config(args: argparse.Namespace) -> config_lib.Config:
 
     flags = {"num_samples": args.num_samples, "sample_steps": args.steps, "solver": args.solver,
              "grid": args.grid, "guidance": args.guidance, "seed": args.seed}
-    return training.read_run_config(args.workdir, **{k: v for k, v in flags.items() if v is not None})
+    return training.read_runs_config(args.workdir, **{k: v for k, v in flags.items() if v is not None})
 
 
 def run_train(args: argparse.Namespace) -> None:
     config = train_config(args)  # validated here, before JAX compiles anything
-    from dblocks_jax import training
+    blocks = _int_list("--blocks", args.blocks) if args.blocks else None
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    from dblocks_jax import parallel, training
 
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     workdir = args.workdir or training.default_workdir(config)
-    print(f"training {config.num_blocks} block(s) x {config.layers_per_block} layers on {config.dataset}, "
+    which = f"blocks {','.join(map(str, blocks))} of {config.num_blocks}" if blocks else f"{config.num_blocks} block(s)"
+    print(f"training {which} x {config.layers_per_block} layers on {config.dataset}, "
           f"{config.schedule} schedule, {config.steps} steps per block -> {workdir}", flush=True)
     start = time.perf_counter()
-    result = training.train(config, workdir, overwrite=args.overwrite, progress=not args.no_progress)
-    losses = ", ".join(f"{loss:.4f}" for loss in result.final_loss)
-    print(f"done in {time.perf_counter() - start:.0f} s; final loss per block: {losses}")
-    print(f"samples: {os.path.join(workdir, 'samples.png')}")
+    result = training.train(config, workdir, overwrite=args.overwrite, resume=args.resume, blocks=blocks,
+                            progress=not args.no_progress)
+    losses = ", ".join(f"{loss:.4f}" for loss in result.final_loss if loss == loss)
+    print(f"done in {time.perf_counter() - start:.0f} s; final loss per block: {losses or 'n/a (resumed at the end)'}")
+    if os.path.exists(os.path.join(workdir, "samples.png")) and all(p is not None for p in result.params):
+        print(f"samples: {os.path.join(workdir, 'samples.png')}")
+    else:
+        print(f"checkpoints: {os.path.join(workdir, 'checkpoints')} (this process trained part of the model: "
+              f"`dblocks sample` or `dblocks assemble` once every block is trained)")
+
+
+def run_assemble(args: argparse.Namespace) -> None:
+    from dblocks_jax import training
+
+    sources = training.assemble(args.workdir, args.out, overwrite=args.overwrite)
+    for b, workdir in sources.items():
+        print(f"block {b}: {workdir}")
+    print(f"wrote {args.out}; sample it with `dblocks sample --workdir {args.out} --out samples.png`")
 
 
 def run_sample(args: argparse.Namespace) -> None:
@@ -177,13 +210,19 @@ def run_evaluate(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "bench": run_bench}
+        commands = {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "bench": run_bench,
+                    "assemble": run_assemble}
         commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"dblocks {args.command}: error: {err}", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # NonFiniteLossError: names the block and the step
         print(f"dblocks {args.command}: training stopped: {err}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:  # CheckpointSaveError: names the directory; earlier checkpoints are intact
+        if type(err).__name__ != "CheckpointSaveError":
+            raise
+        print(f"dblocks {args.command}: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -16,7 +16,7 @@ from typing import Any
 from dblocks_jax import data
 
 PARTITIONS = ("equiprobable", "uniform_log")
-SCHEDULES = ("interleaved", "sequential")
+SCHEDULES = ("interleaved", "sequential", "parallel")
 SOLVERS = ("euler", "heun")
 GRIDS = ("equiprobable", "karras")
 DTYPES = ("float32", "bfloat16")
@@ -63,6 +63,14 @@ class Config:
     ema_decay: float = 0.995  # of the parameters that sampling uses; 0 samples from the raw parameters
     seed: int = 0
     log_every: int = 50
+    # Block parallelism (schedule="parallel"): a ('block', 'data') device mesh. block_shards devices
+    # split the blocks (0: as many as the devices allow), data_shards devices split each batch.
+    block_shards: int = 0
+    data_shards: int = 1
+    # Checkpoints: every `checkpoint_every` steps of the run (0: only when a block finishes), the
+    # newest `keep_checkpoints` kept per block, so that --resume can fall back past a bad one.
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
     # Sampling.
     sample_steps: int = 50
     solver: str = "euler"
@@ -100,6 +108,17 @@ class Config:
     def from_dict(cls, values: dict) -> "Config":
         _check_fields(values)
         return cls(**values)
+
+
+# Fields that only affect sampling, logging or checkpoint cadence: a resumed run may change them.
+RESUMABLE_CHANGES = frozenset({"sample_steps", "solver", "grid", "guidance", "num_samples", "log_every",
+                               "checkpoint_every", "keep_checkpoints", "block_shards", "data_shards"})
+
+
+def config_differences(a: Config, b: Config, ignore=RESUMABLE_CHANGES) -> list[str]:
+    """`field: a -> b` for every field (outside `ignore`) where two configs disagree."""
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{k}: {da[k]!r} -> {db[k]!r}" for k in da if k not in ignore and da[k] != db[k]]
 
 
 def get_config(name: str, **overrides: Any) -> Config:
@@ -193,6 +212,15 @@ def _validate(c: Config) -> None:
     _require(0 <= c.adam_b2 < 1, "adam_b2", c.adam_b2, "a number in [0, 1)")
     _require(0 <= c.ema_decay < 1, "ema_decay", c.ema_decay, "a number in [0, 1) (0 disables the EMA)")
     _require(c.log_every >= 1, "log_every", c.log_every, "an integer >= 1")
+    _require(c.block_shards >= 0 and (c.block_shards == 0 or c.num_blocks % c.block_shards == 0), "block_shards",
+             c.block_shards, f"0 (automatic) or a divisor of num_blocks={c.num_blocks} (every device trains "
+                             f"the same number of blocks)")
+    _require(c.data_shards >= 1 and c.batch_size % c.data_shards == 0, "data_shards", c.data_shards,
+             f"a positive divisor of batch_size={c.batch_size}")
+    _require(c.schedule == "parallel" or (c.block_shards in (0, 1) and c.data_shards == 1), "schedule", c.schedule,
+             f"'parallel' when block_shards={c.block_shards} or data_shards={c.data_shards} asks for a device mesh")
+    _require(c.checkpoint_every >= 0, "checkpoint_every", c.checkpoint_every, "an integer >= 0 (0: at block ends)")
+    _require(c.keep_checkpoints >= 1, "keep_checkpoints", c.keep_checkpoints, "an integer >= 1")
     _require(c.sample_steps >= 1, "sample_steps", c.sample_steps, "an integer >= 1")
     _require(c.solver in SOLVERS, "solver", c.solver, ", ".join(SOLVERS))
     _require(c.grid in GRIDS, "grid", c.grid, ", ".join(GRIDS))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -119,6 +119,12 @@ class DiT(nnx.Module):
         return out.reshape(n, g, g, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
 
 
+class NoiseDraw(NamedTuple):
+    sigma: jax.Array  # (N,)
+    eps: jax.Array  # (N, H, W, C), standard normal
+    drop: jax.Array  # (N,) bool: this label is replaced by the null class
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class BlockModel:
     """Pure functions of one block's parameters. `graphdef` is the static structure shared by all
@@ -166,18 +172,29 @@ class BlockModel:
         d_cond, d_null = jnp.split(both, 2)
         return d_null + guidance * (d_cond - d_null)
 
-    def loss(self, params: Params, key: jax.Array, block, images, labels) -> jax.Array:
-        """EDM-weighted denoising loss of one block on sigmas from its own (widened) band, in the
-        numerically kinder F-space form mean ||F - (y - c_skip z)/c_out||^2 (DESIGN.md section 2)."""
+    def noise_draw(self, key: jax.Array, block, batch_shape: tuple[int, ...]) -> NoiseDraw:
+        """The random part of one training step of `block`: sigmas from its own (widened) band, the
+        Gaussian noise and the label-dropout mask, for a batch of `batch_shape` (N, H, W, C).
+        Drawn for the whole batch from one key, so a data-parallel step can take its slice and
+        match a single-device step."""
         k_sigma, k_eps, k_drop = jax.random.split(key, 3)
+        n = batch_shape[0]
+        sigma = self.partition.sample_sigma(k_sigma, block, (n,))
+        eps = jax.random.normal(k_eps, batch_shape, jnp.float32)
+        drop = jax.random.bernoulli(k_drop, self.config.label_dropout, (n,))
+        return NoiseDraw(sigma, eps, drop)
+
+    def loss(self, params: Params, key: jax.Array, block, images, labels) -> jax.Array:
+        """EDM-weighted denoising loss of one block (DESIGN.md section 2) on a fresh noise draw."""
+        return self.loss_on(params, images, labels, self.noise_draw(key, block, images.shape))
+
+    def loss_on(self, params: Params, images, labels, draw: NoiseDraw) -> jax.Array:
+        """The loss for a given noise draw, in the numerically kinder F-space form
+        mean ||F - (y - c_skip z)/c_out||^2."""
         y = images.astype(jnp.float32)
-        sigma = self.partition.sample_sigma(k_sigma, block, (y.shape[0],))
-        z = add_noise(y, sigma, jax.random.normal(k_eps, y.shape, jnp.float32))
-        if self.num_classes:
-            drop = jax.random.bernoulli(k_drop, self.config.label_dropout, labels.shape)
-            labels = jnp.where(drop, self.null_label, labels)
-        else:
-            labels = None
+        sigma = draw.sigma
+        z = add_noise(y, sigma, draw.eps)
+        labels = jnp.where(draw.drop, self.null_label, labels) if self.num_classes else None
         c_skip, c_out, c_in, c_noise = self.edm.scalings(sigma)
         f = self.network(params, c_in[:, None, None, None] * z, c_noise, labels).astype(jnp.float32)
         return jnp.mean((f - self.edm.f_target(y, z, sigma)) ** 2)

@@ -93,7 +93,7 @@ def test_training_is_deterministic_and_checkpoints_restore(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
     trainer = BlockTrainer(config)
     for b in range(config.num_blocks):
-        restored = checkpoint.restore_block(str(tmp_path / "a"), b, trainer.abstract_state)
+        restored, _ = checkpoint.restore_block(str(tmp_path / "a"), b, trainer.abstract_state)
         jax.tree.map(np.testing.assert_array_equal, restored.ema, first.params[b])
         assert checkpoint.latest_step(str(tmp_path / "a"), b) == first.block_steps[b]
 
@@ -117,7 +117,7 @@ def test_nan_loss_stops_training_naming_block_and_step_and_keeps_saved_blocks(tm
         train(config, str(tmp_path), batches=nan_batches(config, 1, 3), progress=False)
     assert checkpoint.latest_step(str(tmp_path), 0) == 6
     assert checkpoint.latest_step(str(tmp_path), 1) is None
-    restored = checkpoint.restore_block(str(tmp_path), 0, BlockTrainer(config).abstract_state)
+    restored, record = checkpoint.restore_block(str(tmp_path), 0, BlockTrainer(config).abstract_state)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
 
 

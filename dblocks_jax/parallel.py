@@ -1,0 +1,248 @@
+"""Block-parallel training (schedule="parallel", DESIGN.md section 4): the blocks' states are
+stacked along a leading axis and sharded over the mesh axis 'block'; inside `jax.shard_map` each
+device trains its own block(s), one after the other, on their own batches. The axis 'data' splits
+every block's batch: gradients and losses are averaged over 'data' only, so nothing ever crosses
+'block' (tests/test_parallel.py reads the compiled HLO to check it).
+
+Every block step uses the same key, the same noise draw and the same batch as in the single-device
+schedules, so a block trained here equals, to float tolerance, the same block trained alone.
+Works unchanged across hosts: the mesh spans every process's devices, each process feeds the
+batches of the blocks it holds and saves the blocks it owns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from dblocks_jax.model import NoiseDraw
+
+BLOCK, DATA = "block", "data"
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+    """Join a multi-process run (`jax.distributed.initialize`) when a coordinator is given by
+    argument or by JAX_COORDINATOR_ADDRESS (with JAX_NUM_PROCESSES and JAX_PROCESS_ID, or what
+    JAX detects on SLURM, GKE, ...). Returns whether it did; must run before JAX touches devices."""
+    import os
+
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if coordinator is None:
+        if num_processes is not None or process_id is not None:
+            raise ValueError("--num-processes/--process-id need --coordinator (or JAX_COORDINATOR_ADDRESS)")
+        return False
+    env = {k: os.environ.get(k) for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
+    num_processes = num_processes if num_processes is not None else _int_env("JAX_NUM_PROCESSES", env)
+    process_id = process_id if process_id is not None else _int_env("JAX_PROCESS_ID", env)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices of several processes
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    return True
+
+
+def _int_env(name: str, env: dict) -> int | None:
+    value = env.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} must be an integer") from None
+
+
+def mesh_shape(num_blocks: int, block_shards: int, data_shards: int, num_devices: int) -> tuple[int, int]:
+    """(block, data) shape of the mesh: `block_shards` devices split the blocks (0: the largest
+    divisor of num_blocks that fits next to `data_shards`), refused with the numbers when the
+    devices are too few."""
+    if data_shards > num_devices:
+        raise ValueError(f"data_shards={data_shards} needs at least {data_shards} devices; "
+                         f"{num_devices} available (jax.devices())")
+    if block_shards:
+        if num_blocks % block_shards:
+            raise ValueError(f"block_shards={block_shards} does not divide the {num_blocks} blocks being trained")
+        if block_shards * data_shards > num_devices:
+            raise ValueError(f"a mesh of block_shards={block_shards} x data_shards={data_shards} needs "
+                             f"{block_shards * data_shards} devices; {num_devices} available (jax.devices()); "
+                             f"lower block_shards or data_shards")
+        return block_shards, data_shards
+    block = max(d for d in range(1, num_blocks + 1) if num_blocks % d == 0 and d * data_shards <= num_devices)
+    return block, data_shards
+
+
+def make_block_mesh(shape: tuple[int, int], devices: Sequence[Any] | None = None) -> Mesh:
+    """A ('block', 'data') mesh over the first block x data devices. Auto axes: shard_map gets
+    its specs from `in_specs`, not from the inputs' types."""
+    devices = list(devices if devices is not None else jax.devices())[:shape[0] * shape[1]]
+    return jax.make_mesh(shape, (BLOCK, DATA), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+class ParallelTrainer:
+    """The stacked states of `blocks` (a leading axis, sharded over 'block') and the compiled
+    parallel step, built from one `BlockTrainer` so that the per-block math is shared."""
+
+    def __init__(self, trainer, blocks: Sequence[int], mesh: Mesh):
+        self.trainer, self.blocks, self.mesh = trainer, list(blocks), mesh
+        self.block_shards, self.data_shards = mesh.shape[BLOCK], mesh.shape[DATA]
+        self.per_shard = len(self.blocks) // self.block_shards
+        self.state_sharding = NamedSharding(mesh, P(BLOCK))
+        # With one data shard the batch is not split at all: then nothing in the step varies over
+        # 'data', and no collective is needed (nor emitted).
+        batch_spec = P(BLOCK, DATA) if self.data_shards > 1 else P(BLOCK)
+        self.batch_sharding = NamedSharding(mesh, batch_spec)
+        self.block_ids = jax.make_array_from_callback(
+            (len(self.blocks),), self.state_sharding, lambda i: np.asarray(self.blocks, np.int32)[i])
+        self.init_states = jax.jit(jax.shard_map(self._init_local, mesh=mesh, in_specs=P(BLOCK), out_specs=P(BLOCK)))
+        specs = (P(BLOCK), batch_spec, batch_spec, P(BLOCK), P())
+        self._step = jax.jit(jax.shard_map(self._step_local, mesh=mesh, in_specs=specs, out_specs=(P(BLOCK), P(BLOCK))),
+                             donate_argnums=0)
+        me = jax.process_index()
+        # Positions (into `blocks`) this process holds a replica of, and those it owns (saves): the
+        # owner of a block is the process of its data-shard-0 device.
+        self.local_positions = [i for i in range(len(self.blocks))
+                                if any(d.process_index == me for d in mesh.devices[i // self.per_shard])]
+        self.owned_positions = [i for i in range(len(self.blocks))
+                                if mesh.devices[i // self.per_shard, 0].process_index == me]
+
+    # -- compiled pieces -------------------------------------------------------------------------
+
+    def _init_local(self, ids):
+        return jax.lax.map(self.trainer.init_block, ids)
+
+    def _step_local(self, states, images, labels, ids, block_step):
+        def one(args):
+            state, x, y, b = args
+            return self._block_step(state, x, y, b, block_step)
+
+        return jax.lax.map(one, (states, images, labels, ids))
+
+    def _block_step(self, state, images, labels, block, block_step):
+        """One block's step on this device's slice of its batch. The noise is drawn for the whole
+        batch from the block step's key and sliced, so every data shard sees its part of exactly the
+        single-device draw."""
+        model, n = self.trainer.model, images.shape[0]
+        key = self.trainer.step_key(block, block_step)
+        draw = model.noise_draw(key, block, (n * self.data_shards,) + images.shape[1:])
+        if self.data_shards > 1:
+            start = jax.lax.axis_index(DATA) * n
+            draw = NoiseDraw(*(jax.lax.dynamic_slice_in_dim(a, start, n) for a in draw))
+        loss, grads = jax.value_and_grad(model.loss_on)(state.params, images, labels, draw)
+        if self.data_shards > 1:  # the only collective: within one block's data shards
+            loss, grads = jax.lax.pmean((loss, grads), DATA)
+        return self.trainer.apply_gradients(state, loss, grads, block_step)
+
+    def train_step(self, states, images, labels, block_step: int):
+        """One step of every block; returns the new states and per-block (loss, gradient norm)."""
+        return self._step(states, images, labels, self.block_ids, jnp.int32(block_step))
+
+    def lower_step(self, states, images, labels):
+        return self._step.lower(states, images, labels, self.block_ids, jnp.int32(0))
+
+    # -- host side -------------------------------------------------------------------------------
+
+    def global_batch(self, batches: dict[int, dict[str, np.ndarray]]) -> tuple[jax.Array, jax.Array]:
+        """Stack per-block batches {block: batch} into (blocks, batch, ...) arrays sharded over
+        ('block', 'data'); only the blocks at `local_positions` are needed here."""
+        def build(key: str) -> jax.Array:
+            first = batches[self.blocks[self.local_positions[0]]][key]
+            shape = (len(self.blocks),) + first.shape
+
+            def shard(index):
+                rows = range(*index[0].indices(len(self.blocks)))
+                return np.stack([batches[self.blocks[i]][key] for i in rows])[(slice(None),) + tuple(index[1:])]
+
+            return jax.make_array_from_callback(shape, self.batch_sharding, shard)
+
+        return build("image"), build("label")
+
+    def local_rows(self, tree) -> dict[int, Any]:
+        """{position: that block's slice of `tree`} on the host, for every position this process
+        holds; reads one replica per block (no communication)."""
+        out: dict[int, Any] = {}
+        leaves, treedef = jax.tree.flatten(tree)
+        per_leaf = [self._leaf_rows(leaf) for leaf in leaves]
+        for i in self.local_positions:
+            out[i] = jax.tree.unflatten(treedef, [rows[i] for rows in per_leaf])
+        return out
+
+    def _leaf_rows(self, leaf: jax.Array) -> dict[int, np.ndarray]:
+        rows: dict[int, np.ndarray] = {}
+        for shard in leaf.addressable_shards:
+            start = shard.index[0].start or 0
+            if start in rows:
+                continue
+            data = np.asarray(jax.device_get(shard.data))
+            for k in range(data.shape[0]):
+                rows[start + k] = data[k]
+        return rows
+
+    def gather_rows(self, tree) -> dict[int, Any]:
+        """Every block's slice of `tree`, on every process. A collective across processes, used only
+        at checkpoint time of multi-process runs (the training step never communicates)."""
+        from jax.experimental import multihost_utils
+
+        full = multihost_utils.process_allgather(tree, tiled=True)
+        return {i: jax.tree.map(lambda x, i=i: np.asarray(x[i]), full) for i in range(len(self.blocks))}
+
+    def stack_states(self, states: dict[int, Any], abstract_state) -> Any:
+        """The sharded stacked state from host states {position: state} of every local position
+        (what a resume restores)."""
+        def leaf(path_index: int, abstract):
+            def shard(index):
+                rows = range(*index[0].indices(len(self.blocks)))
+                return np.stack([flat[i][path_index] for i in rows])
+
+            shape = (len(self.blocks),) + tuple(abstract.shape)
+            return jax.make_array_from_callback(shape, self.state_sharding, shard)
+
+        flat = {i: jax.tree.leaves(s) for i, s in states.items()}
+        abstract_leaves, treedef = jax.tree.flatten(abstract_state)
+        return jax.tree.unflatten(treedef, [leaf(k, a) for k, a in enumerate(abstract_leaves)])
+
+
+def gather_json(values: dict[int, Any]) -> dict[int, Any]:
+    """Merge {block: JSON-able value} dicts from every process (data-stream positions at checkpoint
+    time of multi-process runs)."""
+    import json
+
+    from jax.experimental import multihost_utils
+
+    payload = np.frombuffer(json.dumps({str(k): v for k, v in values.items()}).encode(), np.uint8)
+    size = int(np.max(multihost_utils.process_allgather(np.asarray([payload.size]))))
+    padded = np.zeros(size, np.uint8)
+    padded[:payload.size] = payload
+    merged: dict[int, Any] = {}
+    for row in np.asarray(multihost_utils.process_allgather(padded)).reshape(-1, size):
+        merged.update({int(k): v for k, v in json.loads(bytes(row).rstrip(b"\0").decode()).items()})
+    return merged
+
+
+def collectives(hlo_text: str) -> list[str]:
+    """The collective operations in a compiled module's HLO text: one line per op."""
+    ops = ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter", "collective-broadcast",
+           "ragged-all-to-all")
+    return [line.strip() for line in hlo_text.splitlines()
+            if any(f" {op}(" in line or f" {op}-start(" in line for op in ops)]
+
+
+def replica_groups(line: str) -> list[list[int]]:
+    """The device groups of one collective HLO line, in either printed form: explicit
+    `{{0,1},{2,3}}` or iota `[G,S]<=[dims]T(perm)`."""
+    import re
+
+    explicit = re.search(r"replica_groups=\{((?:\{[\d,]*\},?)*)\}", line)
+    if explicit:
+        return [[int(x) for x in g.split(",") if x] for g in re.findall(r"\{([\d,]*)\}", explicit.group(1))]
+    iota = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", line)
+    if not iota:
+        raise ValueError(f"cannot read replica_groups in: {line}")
+    groups, size = int(iota.group(1)), int(iota.group(2))
+    dims = [int(x) for x in iota.group(3).split(",")]
+    ids = np.arange(int(np.prod(dims))).reshape(dims)
+    if iota.group(4):
+        ids = ids.transpose([int(x) for x in iota.group(4).split(",")])
+    return ids.reshape(groups, size).tolist()

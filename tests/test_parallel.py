@@ -1,0 +1,109 @@
+"""Block-parallel training (schedule="parallel"): it equals training every block alone, its
+compiled step communicates only within a block's data shards, and a mesh that does not fit the
+devices is refused. Runs on the 8 CPU devices that conftest.py asks XLA for."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from dblocks_jax import checkpoint, parallel
+from dblocks_jax.training import BlockTrainer, _parallel_trainer, train
+
+
+def assert_same_blocks(got, expected, atol=1e-5):
+    """Parameters equal to float tolerance (the parallel step compiles to different fusions)."""
+    for g, e in zip(got, expected):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=atol, rtol=0), g, e)
+
+
+@pytest.fixture(scope="module")
+def alone():
+    """Each block trained alone on one device (sequential schedule), for B = 8 and B = 4."""
+    return {b: train(tiny_config(num_layers=8, num_blocks=b, steps=3, schedule="sequential"), progress=False).params
+            for b in (8, 4)}
+
+
+@pytest.mark.parametrize("num_blocks,block_shards,data_shards", [(8, 8, 1), (8, 4, 1), (4, 4, 2)])
+def test_parallel_training_equals_each_block_trained_alone(alone, num_blocks, block_shards, data_shards):
+    config = tiny_config(num_layers=8, num_blocks=num_blocks, steps=3, schedule="parallel",
+                         block_shards=block_shards, data_shards=data_shards)
+    result = train(config, progress=False)
+    assert result.block_steps == [3] * num_blocks
+    assert_same_blocks(result.params, alone[num_blocks])
+
+
+def compiled_step_hlo(config) -> tuple[str, parallel.ParallelTrainer]:
+    trainer = BlockTrainer(config)
+    pt = _parallel_trainer(config, trainer, list(range(config.num_blocks)))
+    states = pt.init_states(pt.block_ids)
+    shape = (config.batch_size, config.image_size, config.image_size, 1)
+    batch = {"image": np.zeros(shape, np.float32), "label": np.zeros(config.batch_size, np.int32)}
+    images, labels = pt.global_batch({b: batch for b in range(config.num_blocks)})
+    return pt.lower_step(states, images, labels).compile().as_text(), pt
+
+
+def test_compiled_parallel_step_has_no_collective_across_blocks():
+    hlo, _ = compiled_step_hlo(tiny_config(num_blocks=4, schedule="parallel", block_shards=4))
+    assert parallel.collectives(hlo) == []  # data = 1: no communication at all
+
+    hlo, pt = compiled_step_hlo(tiny_config(num_blocks=4, schedule="parallel", block_shards=4, data_shards=2))
+    ops = parallel.collectives(hlo)
+    assert ops, "data = 2 must average gradients over the data shards"
+    # Replica groups hold positions in the mesh's device order: block row = position // data_shards.
+    for op in ops:
+        groups = parallel.replica_groups(op)
+        assert all(len(g) == 2 and len({i // pt.data_shards for i in g}) == 1 for g in groups), op
+
+
+def test_replica_group_formats_are_read():
+    assert parallel.replica_groups("x = all-reduce(y), replica_groups={{0,1},{2,3}}") == [[0, 1], [2, 3]]
+    assert parallel.replica_groups("x = all-reduce(y), replica_groups=[2,2]<=[2,2]T(1,0)") == [[0, 2], [1, 3]]
+
+
+def test_mesh_that_does_not_fit_the_devices_is_refused_with_the_numbers():
+    with pytest.raises(ValueError, match=r"block_shards=4 x data_shards=4 needs 16 devices; 8 available"):
+        parallel.mesh_shape(4, 4, 4, 8)
+    with pytest.raises(ValueError, match="data_shards=16 needs at least 16 devices; 8 available"):
+        parallel.mesh_shape(4, 0, 16, 8)
+    assert parallel.mesh_shape(8, 0, 1, 8) == (8, 1)
+    assert parallel.mesh_shape(6, 0, 2, 8) == (3, 2)  # the largest divisor of B that fits
+    with pytest.raises(ValueError, match="needs 16 devices; 8 available"):
+        train(tiny_config(num_blocks=4, schedule="parallel", block_shards=4, data_shards=4), progress=False)
+    with pytest.raises(ValueError, match="block_shards"):
+        tiny_config(num_blocks=4, schedule="parallel", block_shards=3)
+    with pytest.raises(ValueError, match="schedule"):
+        tiny_config(num_blocks=4, schedule="sequential", data_shards=2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_two_blocks_like_one(tmp_path):
+    config = tiny_config(steps=3, schedule="parallel", checkpoint_every=2)
+    overrides = [f"--set={k}={v}" for k, v in config.to_dict().items()]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "dblocks_jax", "train", "--workdir", str(tmp_path), "--no-progress",
+                               "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(k),
+                               *overrides], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for k in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    # Each process wrote its own block and its own metrics; process 0 the shared files.
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["block_000", "block_001"]
+    assert {"config.json", "metrics.process0.jsonl", "metrics.process1.jsonl"} <= set(os.listdir(tmp_path))
+    trainer = BlockTrainer(config)
+    got = [checkpoint.restore_block(str(tmp_path), b, trainer.abstract_state)[0].ema for b in range(2)]
+    single = train(config.replace(schedule="sequential"), progress=False).params
+    assert_same_blocks(got, single)
+    assert json.load(open(tmp_path / "run.json"))["process_count"] == 2
