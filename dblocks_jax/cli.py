@@ -54,12 +54,17 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npz (images, labels)")
 
     ev = sub.add_parser("evaluate", help="score a trained run: Frechet distance in classifier feature space "
-                                         "and conditional accuracy, over several sampling seeds")
+                                         "and conditional accuracy, over several sampling seeds, and standard FID "
+                                         "for tfds datasets")
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--seeds", default="0,1,2", help="comma-separated sampling seeds")
     ev.add_argument("--num-samples", type=int, help="samples per seed (default: the held-out split's size)")
     ev.add_argument("--steps", type=int, help="sampler steps K")
     ev.add_argument("--guidance", type=float)
+    ev.add_argument("--inception-weights", metavar="PATH",
+                    help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or an .npz with its keys): adds the "
+                         "standard FID (InceptionV3). tfds: datasets default to $DBLOCKS_INCEPTION_WEIGHTS; "
+                         "bundled datasets only with this flag")
     ev.add_argument("--untrained", action="store_true",
                     help="score freshly initialised blocks of the run's config (the baseline to beat)")
     ev.add_argument("--json", help="also write the result here (default: <workdir>/evaluation.json, "
@@ -193,7 +198,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     overrides = {k: v for k, v in (("sample_steps", args.steps), ("guidance", args.guidance)) if v is not None}
     result = metrics.evaluate_run(args.workdir, seeds=_int_list("--seeds", args.seeds),
-                                  num_samples=args.num_samples, overrides=overrides, untrained=args.untrained)
+                                  num_samples=args.num_samples, overrides=overrides, untrained=args.untrained,
+                                  inception_weights=args.inception_weights)
     default_name = "evaluation_untrained.json" if args.untrained else "evaluation.json"
     path = args.json or os.path.join(args.workdir, default_name)
     with open(path, "w") as f:
@@ -204,6 +210,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if acc:
         print(f"conditional accuracy: {acc['mean']:.3f} +/- {acc['std']:.3f} "
               f"(classifier's own held-out accuracy: {result['classifier']['held_out_accuracy']:.3f})")
+    fid = result["fid"]
+    if fid:
+        print(f"FID (InceptionV3 pool3, {result['num_samples']} samples vs {result['num_reference']} held-out): "
+              f"{fid['mean']:.2f} +/- {fid['std']:.2f} over {len(result['seeds'])} seeds (weights: {fid['weights']})")
+    elif result["dataset"].startswith("tfds:"):
+        print(f"FID not computed: {result['fid_skipped']}")
     print(f"wrote {path}")
 
 

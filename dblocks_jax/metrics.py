@@ -7,6 +7,9 @@ on the dataset itself ranks what matters there: held-out real data above blurred
 (tests/test_metrics.py checks this on every bundled dataset). The classifier is trained once per
 (dataset, image size), deterministically, and cached as an orbax checkpoint with its held-out
 accuracy.
+
+For TFDS datasets (CIFAR-10: the paper's setting) `evaluate_run` also reports the standard FID
+(`dblocks_jax.inception`) when the pretrained InceptionV3 weights file is configured.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import orbax.checkpoint as ocp
 import scipy.linalg
 from flax import nnx
 
-from dblocks_jax import data
+from dblocks_jax import data, inception
 
 FEATURE_DIM = 64
 
@@ -156,15 +159,45 @@ def conditional_accuracy(classifier: FeatureClassifier, images: np.ndarray, requ
     return float(np.mean(classifier.predict(images) == np.asarray(requested)))
 
 
+def inception_fid(extractor: inception.InceptionFeatures, images: np.ndarray, reference_stats: tuple) -> float:
+    """Standard FID of `images` against precomputed `gaussian_stats` of the reference's pool3
+    features (computed once per evaluation: the reference is the costly half when it is large)."""
+    return frechet_distance(*gaussian_stats(extractor.features(images)), *reference_stats)
+
+
+def inception_plan(dataset: str, inception_weights: str | None) -> tuple[str | None, str | None]:
+    """(weights file to use, None) or (None, why standard FID is skipped).
+
+    An explicit `inception_weights` is used for any dataset; otherwise TFDS datasets use
+    $DBLOCKS_INCEPTION_WEIGHTS when set, and bundled datasets (8-32 px toys, where Inception features
+    mean nothing) are skipped."""
+    if inception_weights:
+        return inception_weights, None
+    if not dataset.startswith("tfds:"):
+        return None, (f"bundled dataset {dataset!r}: InceptionV3 features mean nothing at this size "
+                      f"(pass inception_weights to compute standard FID anyway)")
+    if os.environ.get(inception.WEIGHTS_ENV):
+        return os.environ[inception.WEIGHTS_ENV], None
+    return None, f"no InceptionV3 weights configured: {inception.HOW_TO_GET}"
+
+
 def evaluate_run(workdir: str, *, seeds=(0, 1, 2), num_samples: int | None = None, overrides: dict | None = None,
                  classifier_settings: ClassifierSettings = ClassifierSettings(), untrained: bool = False,
-                 progress: bool = True) -> dict:
+                 inception_weights: str | None = None, progress: bool = True) -> dict:
     """Score a trained run: the Frechet distance of its samples to the held-out split in classifier
     feature space and their conditional accuracy, mean and std over sampling seeds. `untrained`
-    scores freshly initialised blocks of the same config instead (the baseline to beat)."""
+    scores freshly initialised blocks of the same config instead (the baseline to beat).
+
+    Standard FID (InceptionV3 pool3, same samples and seeds) is added under "fid" for TFDS datasets
+    when weights are configured (`inception_plan`); otherwise "fid" is null and "fid_skipped" says
+    why. Weights that are configured but cannot be loaded are an error, raised before sampling."""
     from dblocks_jax import training
 
     config = training.read_run_config(workdir, **(overrides or {}))
+    weights, fid_skipped = inception_plan(config.dataset, inception_weights)
+    extractor = inception.load_inception(weights) if weights else None
+    if progress and fid_skipped and config.dataset.startswith("tfds:"):
+        print(f"evaluate: standard FID skipped: {fid_skipped}", flush=True)
     reference, _ = data.load_split(config.dataset, "test", config.image_size)
     num_samples = num_samples or len(reference)
     classifier = FeatureClassifier(config.dataset, config.image_size, classifier_settings)
@@ -174,7 +207,13 @@ def evaluate_run(workdir: str, *, seeds=(0, 1, 2), num_samples: int | None = Non
         steps = [0] * config.num_blocks
     else:
         params, steps = training.restore_run(workdir, trainer)
-    fds, accs = [], []
+    reference_stats = None
+    if extractor is not None:
+        if progress:
+            print(f"evaluate: InceptionV3 features of {len(reference)} held-out images "
+                  f"(about 6 GFLOP each: slow without an accelerator)", flush=True)
+        reference_stats = gaussian_stats(extractor.features(reference))
+    fds, accs, fids = [], [], []
     for seed in seeds:
         if progress:
             print(f"evaluate: sampling {num_samples} images with seed {seed}", flush=True)
@@ -183,6 +222,8 @@ def evaluate_run(workdir: str, *, seeds=(0, 1, 2), num_samples: int | None = Non
         fds.append(feature_frechet_distance(classifier, images, reference))
         if labels is not None:
             accs.append(conditional_accuracy(classifier, images, labels))
+        if extractor is not None:
+            fids.append(inception_fid(extractor, images, reference_stats))
     summary = lambda xs: {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
                           "values": xs}
     return {
@@ -195,4 +236,9 @@ def evaluate_run(workdir: str, *, seeds=(0, 1, 2), num_samples: int | None = Non
         "conditional_accuracy": summary(accs) if accs else None,
         "classifier": {"path": classifier.path, "held_out_accuracy": classifier.accuracy,
                        "feature_dim": FEATURE_DIM, **dataclasses.asdict(classifier_settings)},
+        "fid": None if extractor is None else {
+            **summary(fids), "weights": extractor.weights_path, "feature_dim": inception.FEATURE_DIM,
+            "reference": f"test split at {config.image_size}x{config.image_size}, resized to "
+                         f"{inception.INPUT_SIZE}x{inception.INPUT_SIZE}"},
+        "fid_skipped": fid_skipped,
     }
