@@ -93,9 +93,10 @@ def test_two_processes_train_two_blocks_like_one(tmp_path):
     overrides = [f"--set={k}={v}" for k, v in config.to_dict().items()]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "dblocks_jax", "train", "--workdir", str(tmp_path), "--no-progress",
-                               "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(k),
-                               *overrides], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, "-m", "dblocks_jax", "train", "--workdir", str(tmp_path), "--no-progress", *overrides]
+    procs = [subprocess.Popen(command + [
+                               "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(k)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for k in range(2)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
