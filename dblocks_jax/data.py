@@ -146,13 +146,14 @@ def tfds_source(name: str, split: str):
 
 def tfds_batches(name: str, image_size: int, batch_size: int, seed) -> Iterator[dict[str, np.ndarray]]:
     """Endless shuffled training batches of a TFDS dataset through Grain: deterministic per seed,
-    a new order every epoch, prefetched on threads, and sharded so that each JAX process reads its
-    own part. The iterator's get_state()/set_state() make it resumable."""
+    a new order every epoch, prefetched on threads; get_state()/set_state() make it resumable.
+    Every block has its own stream, and in a multi-process run only the processes that train a
+    block read its stream (the 'data' axis then takes each process's part of the batch), so the
+    stream itself is not split by process: a block sees the same batches on 1 or N processes."""
     import grain
-    import jax
 
     source = tfds_source(name, "train")
-    dataset = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
+    dataset = grain.MapDataset.source(source)
     seed = int(np.random.SeedSequence(np.atleast_1d(seed).tolist()).generate_state(1)[0])
     dataset = (dataset.seed(seed).shuffle().map(lambda r: (_to_model_range(r["image"]), r["label"]))
                .repeat(None).batch(batch_size, drop_remainder=True)

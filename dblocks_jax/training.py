@@ -183,7 +183,7 @@ def train(config: Config, workdir: str | None = None, *, overwrite: bool = False
             position, restored = _resume_point(workdir, trainer, run)
         else:
             _on_process_zero(lambda: prepare_workdir(workdir, config, overwrite))
-        _on_process_zero(lambda: _write_run_record(workdir, blocks))
+        _on_process_zero(lambda: _write_run_record(workdir, config, blocks))
         _sync_processes("dblocks_workdir_ready")
         store = checkpoint.BlockCheckpoints(workdir, config.keep_checkpoints)
     else:
@@ -419,9 +419,15 @@ def _restore_stream(stream, state: Any, block: int) -> None:
                          f"restore() nor set_state()")
 
 
-def _write_run_record(workdir: str, blocks: list[int]) -> None:
+def _write_run_record(workdir: str, config: Config, blocks: list[int]) -> None:
+    """run.json: what this run trains and where (config.json holds the rest); the partition's band
+    edges are written out so that a reader needs no code to see which block owns which sigmas."""
+    from dblocks_jax.partition import BlockPartition
+
+    record = {"blocks": blocks, "process_count": jax.process_count(), "device_count": jax.device_count(),
+              "partition_boundaries": BlockPartition.from_config(config).boundaries.tolist()}
     with open(os.path.join(workdir, "run.json"), "w") as f:
-        json.dump({"blocks": blocks, "process_count": jax.process_count()}, f, indent=1)
+        json.dump(record, f, indent=1)
 
 
 def _read_run_record(workdir: str) -> dict | None:

@@ -14,7 +14,7 @@ def test_train_then_sample_writes_a_complete_run(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     assert cli.main(["train", "--config", "shapes", "--num-blocks", "2", "--steps", "2", "--workdir", workdir,
                      "--no-progress", *TINY]) == 0
-    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl", "samples.png"]
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl", "run.json", "samples.png"]
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["block_000", "block_001"]
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["num_blocks"] == 2 and config["width"] == 32
@@ -29,6 +29,11 @@ def test_train_then_sample_writes_a_complete_run(tmp_path, capsys):
         assert f["labels"].tolist() == [0, 1, 2]
     assert cli.main(["sample", "--workdir", workdir, "--out", str(tmp_path / "g.png")]) == 0
     assert os.path.getsize(tmp_path / "g.png") > 0
+
+    capsys.readouterr()
+    assert cli.main(["train", "--config", "shapes", "--num-blocks", "2", "--steps", "3", "--workdir", workdir,
+                     "--no-progress", "--resume", *TINY]) == 2
+    assert "differing fields (saved -> now): steps: 2 -> 3" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args,message", [
