@@ -28,7 +28,7 @@ class GaussianData:
         rng = np.random.default_rng(seed)
         return cls(rng.uniform(-0.5, 0.5, (1, *shape)), rng.uniform(0.05, 0.6, (1, *shape)))
 
-    def denoise(self, params, z, t, labels=None):
+    def denoise(self, params, z, t, labels=None, block=None):
         """The exact D(z, t), with the signature the sampler expects (params and labels unused)."""
         s2 = self.s**2
         return (self.mu + s2 / (s2 + t[:, None, None, None] ** 2) * (z - self.mu)).astype(jnp.float32)

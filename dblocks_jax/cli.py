@@ -144,7 +144,8 @@ def run_train(args: argparse.Namespace) -> None:
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     workdir = args.workdir or training.default_workdir(config)
     which = f"blocks {','.join(map(str, blocks))} of {config.num_blocks}" if blocks else f"{config.num_blocks} block(s)"
-    print(f"training {which} x {config.layers_per_block} layers on {config.dataset}, "
+    depth = config.layer_split.replace(",", "-") if config.uneven else config.layers_per_block
+    print(f"training {which} x {depth} layers on {config.dataset}, "
           f"{config.schedule} schedule, {config.steps} steps per block -> {workdir}", flush=True)
     start = time.perf_counter()
     result = training.train(config, workdir, overwrite=args.overwrite, resume=args.resume, blocks=blocks,

@@ -34,6 +34,7 @@ class Config:
     # Architecture (DESIGN.md section 3): num_layers in total, num_layers // num_blocks per block.
     num_layers: int = 8
     num_blocks: int = 4
+    layer_split: str = ""  # layers per block, e.g. "3,6,3" (the paper's Table 4); empty: num_layers / num_blocks each
     width: int = 96
     num_heads: int = 4
     patch_size: int = 2
@@ -82,8 +83,21 @@ class Config:
         _validate(self)
 
     @property
+    def block_depths(self) -> tuple[int, ...]:
+        """Layers of each block: `layer_split`, or num_layers / num_blocks each."""
+        if self.layer_split:
+            return tuple(int(v) for v in self.layer_split.split(","))
+        return (self.num_layers // self.num_blocks,) * self.num_blocks
+
+    @property
     def layers_per_block(self) -> int:
-        return self.num_layers // self.num_blocks
+        """Layers a block is built with: the deepest block's (DESIGN.md section 3; with an uneven
+        split, shallower blocks skip their extra layers)."""
+        return max(self.block_depths)
+
+    @property
+    def uneven(self) -> bool:
+        return len(set(self.block_depths)) > 1
 
     @property
     def dataset_info(self) -> data.DatasetInfo:
@@ -186,8 +200,18 @@ def _validate(c: Config) -> None:
     _require(c.image_size >= 1, "image_size", c.image_size, "an integer >= 1")
     _require(c.num_blocks >= 1, "num_blocks", c.num_blocks, "an integer >= 1 that divides num_layers")
     _require(c.num_layers >= 1, "num_layers", c.num_layers, "an integer >= 1")
-    _require(c.num_layers % c.num_blocks == 0, "num_layers", c.num_layers,
-             f"a multiple of num_blocks={c.num_blocks} (every block gets num_layers / num_blocks layers)")
+    if c.layer_split:
+        try:
+            depths = [int(v) for v in c.layer_split.split(",")]
+        except ValueError:
+            depths = []
+        _require(len(depths) == c.num_blocks and min(depths, default=0) >= 1 and sum(depths) == c.num_layers,
+                 "layer_split", c.layer_split, f"{c.num_blocks} comma-separated integers >= 1 that sum to "
+                                               f"num_layers={c.num_layers}, e.g. 3,6,3 (or empty: equal blocks)")
+    else:
+        _require(c.num_layers % c.num_blocks == 0, "num_layers", c.num_layers,
+                 f"a multiple of num_blocks={c.num_blocks} (every block gets num_layers / num_blocks layers), "
+                 f"or set layer_split")
     _require(c.width >= 1 and c.num_heads >= 1 and c.width % c.num_heads == 0, "width", c.width,
              f"a positive multiple of num_heads={c.num_heads}")
     _require(c.patch_size >= 1 and c.image_size % c.patch_size == 0, "patch_size", c.patch_size,

@@ -102,7 +102,10 @@ class DiT(nnx.Module):
         self.final_ada = nnx.Linear(width, 2 * width, kernel_init=_zeros, dtype=dtype, rngs=rngs)
         self.final_linear = nnx.Linear(width, patch_dim, kernel_init=_zeros, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, c_noise: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, c_noise: jax.Array, labels: jax.Array | None = None,
+                 depth: jax.Array | None = None) -> jax.Array:
+        """F(x, c_noise[, labels]); `depth` (may be traced) runs only the first `depth` layers, the
+        rest being the identity: how blocks of an uneven layer split share one structure."""
         n, h, w, c = x.shape
         p, g = self.patch_size, self.grid
         tokens = x.reshape(n, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, g * g, p * p * c)
@@ -112,8 +115,10 @@ class DiT(nnx.Module):
             if labels is None:
                 raise ValueError("this block is class-conditional: pass labels (num_classes = null class)")
             cond = cond + self.class_embed(labels)
-        for layer in self.layers:
-            tokens = nnx.remat(DiTLayer.__call__)(layer, tokens, cond) if self.remat else layer(tokens, cond)
+        for i, layer in enumerate(self.layers):
+            run = (lambda t, layer=layer: nnx.remat(DiTLayer.__call__)(layer, t, cond)) if self.remat else (
+                lambda t, layer=layer: layer(t, cond))
+            tokens = run(tokens) if depth is None else jax.lax.cond(i < depth, run, lambda t: t, tokens)
         shift, scale = jnp.split(self.final_ada(nnx.silu(cond)), 2, axis=-1)
         out = self.final_linear(modulate(self.final_norm(tokens), shift, scale))
         return out.reshape(n, g, g, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
@@ -154,21 +159,25 @@ class BlockModel:
         """Fresh parameters of one block (jit-able; every block gets its own key)."""
         return nnx.split(_make_dit(self.config, nnx.Rngs(key)), nnx.Param)[1]
 
-    def network(self, params: Params, x, c_noise, labels=None) -> jax.Array:
-        """F(x, c_noise[, labels])."""
-        return nnx.merge(self.graphdef, params)(x, c_noise, labels)
+    def depth(self, block) -> jax.Array | None:
+        """Layers block `block` runs: None (all) unless the layer split is uneven."""
+        return jnp.asarray(self.config.block_depths)[block] if self.config.uneven and block is not None else None
 
-    def denoise(self, params: Params, z, sigma, labels=None) -> jax.Array:
+    def network(self, params: Params, x, c_noise, labels=None, block=None) -> jax.Array:
+        """F(x, c_noise[, labels]) of block `block` (needed only for an uneven layer split)."""
+        return nnx.merge(self.graphdef, params)(x, c_noise, labels, self.depth(block))
+
+    def denoise(self, params: Params, z, sigma, labels=None, block=None) -> jax.Array:
         """The preconditioned denoiser D(z, sigma) of DESIGN.md section 2 (float32 output)."""
-        return self.edm.denoise(lambda x, c_noise: self.network(params, x, c_noise, labels), z, sigma)
+        return self.edm.denoise(lambda x, c_noise: self.network(params, x, c_noise, labels, block), z, sigma)
 
-    def guided_denoise(self, params: Params, z, sigma, labels, guidance: float) -> jax.Array:
+    def guided_denoise(self, params: Params, z, sigma, labels, guidance: float, block=None) -> jax.Array:
         """Classifier-free guidance D = D_null + s (D_cond - D_null); one batched pass for both."""
         if not self.num_classes or guidance == 1.0:
-            return self.denoise(params, z, sigma, labels if self.num_classes else None)
+            return self.denoise(params, z, sigma, labels if self.num_classes else None, block)
         null = jnp.full_like(labels, self.null_label)
         both = self.denoise(params, jnp.concatenate([z, z]), jnp.concatenate([sigma, sigma]),
-                            jnp.concatenate([labels, null]))
+                            jnp.concatenate([labels, null]), block)
         d_cond, d_null = jnp.split(both, 2)
         return d_null + guidance * (d_cond - d_null)
 
@@ -186,9 +195,9 @@ class BlockModel:
 
     def loss(self, params: Params, key: jax.Array, block, images, labels) -> jax.Array:
         """EDM-weighted denoising loss of one block (DESIGN.md section 2) on a fresh noise draw."""
-        return self.loss_on(params, images, labels, self.noise_draw(key, block, images.shape))
+        return self.loss_on(params, images, labels, self.noise_draw(key, block, images.shape), block)
 
-    def loss_on(self, params: Params, images, labels, draw: NoiseDraw) -> jax.Array:
+    def loss_on(self, params: Params, images, labels, draw: NoiseDraw, block=None) -> jax.Array:
         """The loss for a given noise draw, in the numerically kinder F-space form
         mean ||F - (y - c_skip z)/c_out||^2."""
         y = images.astype(jnp.float32)
@@ -196,7 +205,7 @@ class BlockModel:
         z = add_noise(y, sigma, draw.eps)
         labels = jnp.where(draw.drop, self.null_label, labels) if self.num_classes else None
         c_skip, c_out, c_in, c_noise = self.edm.scalings(sigma)
-        f = self.network(params, c_in[:, None, None, None] * z, c_noise, labels).astype(jnp.float32)
+        f = self.network(params, c_in[:, None, None, None] * z, c_noise, labels, block).astype(jnp.float32)
         return jnp.mean((f - self.edm.f_target(y, z, sigma)) ** 2)
 
 

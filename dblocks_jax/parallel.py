@@ -130,7 +130,7 @@ class ParallelTrainer:
         if self.data_shards > 1:
             start = jax.lax.axis_index(DATA) * n
             draw = NoiseDraw(*(jax.lax.dynamic_slice_in_dim(a, start, n) for a in draw))
-        loss, grads = jax.value_and_grad(model.loss_on)(state.params, images, labels, draw)
+        loss, grads = jax.value_and_grad(model.loss_on)(state.params, images, labels, draw, block)
         if self.data_shards > 1:  # the only collective: within one block's data shards
             loss, grads = jax.lax.pmean((loss, grads), DATA)
         return self.trainer.apply_gradients(state, loss, grads, block_step)

@@ -18,8 +18,9 @@ import numpy as np
 from dblocks_jax.edm import EDM
 from dblocks_jax.partition import BlockPartition
 
-# denoise(block_params, z, sigma_per_example, labels) -> D(z, sigma)
-DenoiseFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
+# denoise(block_params, z, sigma_per_example, labels, block) -> D(z, sigma); `block` is the traced index of
+# the block whose parameters these are (a model with an uneven layer split needs it).
+DenoiseFn = Callable[[Any, jax.Array, jax.Array, Any, jax.Array], jax.Array]
 
 GRIDS = ("equiprobable", "karras")
 SOLVERS = ("euler", "heun")
@@ -101,7 +102,7 @@ def make_sampler(denoise: DenoiseFn, partition: BlockPartition, *, num_steps: in
         def denoise_at(b, z, sigma):
             block_params = jax.tree.map(lambda p: jax.lax.dynamic_index_in_dim(p, b, keepdims=False),
                                         stacked_params)
-            return denoise(block_params, z, jnp.full((z.shape[0],), sigma, jnp.float32), labels)
+            return denoise(block_params, z, jnp.full((z.shape[0],), sigma, jnp.float32), labels, b)
 
         def body(z, x):
             t_i, t_next, b, b_next = x
@@ -118,7 +119,7 @@ def make_sampler(denoise: DenoiseFn, partition: BlockPartition, *, num_steps: in
 def _model_sampler(model, guidance: float, num_steps: int, solver: str, grid: str) -> Callable:
     """One compiled sampler per (model, settings): repeated `generate` calls (seeds, evaluation)
     reuse it instead of tracing and compiling again. Models hash by identity."""
-    denoise = lambda params, z, sigma, y: model.guided_denoise(params, z, sigma, y, guidance)
+    denoise = lambda params, z, sigma, y, b: model.guided_denoise(params, z, sigma, y, guidance, b)
     return make_sampler(denoise, model.partition, num_steps=num_steps, solver=solver, grid=grid)
 
 

@@ -80,3 +80,33 @@ def test_remat_saves_fewer_residuals_and_keeps_gradients():
     chex.assert_trees_all_close(grad_plain, grad_remat, atol=1e-6)
     param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     assert saved_remat - param_bytes < 0.5 * (saved_plain - param_bytes), (saved_plain, saved_remat, param_bytes)
+
+
+def test_uneven_layer_split_runs_each_blocks_own_depth():
+    config = tiny_config(num_layers=3, num_blocks=2, layer_split="1,2")
+    assert config.block_depths == (1, 2) and config.layers_per_block == 2 and config.uneven
+    model = BlockModel.from_config(config)
+    params = perturbed(model.init(jax.random.key(0)), jax.random.key(1))
+    other = perturbed(params, jax.random.key(2))  # differs from `params` in every leaf...
+    second_layer_only = jax.tree.map(lambda p, o: p, params, other)
+    second_layer_only["layers"][1] = other["layers"][1]  # ...here only in the second layer
+    z = jax.random.normal(jax.random.key(3), (2, 8, 8, 1))
+    sigma, labels = jnp.array([0.5, 2.0]), jnp.array([0, 1])
+    shallow = lambda p: model.denoise(p, z, sigma, labels, block=0)
+    deep = lambda p: model.denoise(p, z, sigma, labels, block=1)
+    np.testing.assert_array_equal(shallow(params), shallow(second_layer_only))  # block 0 skips layer 2
+    assert not np.allclose(deep(params), deep(second_layer_only))  # block 1 runs it
+    grads = jax.grad(lambda p: model.loss(p, jax.random.key(4), 0, z, labels))(params)
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["layers"][1]))
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["layers"][0]))
+
+
+def test_layer_split_is_validated():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"layer_split='3,6'; allowed: 3 comma-separated integers >= 1 that sum to"):
+        tiny_config(num_layers=12, num_blocks=3, layer_split="3,6")
+    with pytest.raises(ValueError, match="layer_split"):
+        tiny_config(num_layers=12, num_blocks=3, layer_split="3,6,4")
+    assert tiny_config(num_layers=12, num_blocks=3, layer_split="6,4,2").block_depths == (6, 4, 2)
+    assert not tiny_config(num_layers=12, num_blocks=3, layer_split="4,4,4").uneven

@@ -32,7 +32,7 @@ def test_equiprobable_grid_gives_each_block_exactly_k_over_b_steps(num_blocks):
 def constant_blocks(num_blocks):
     """Block b's 'parameters' are the constant it returns as D: lets a test see which block ran."""
     values = jnp.asarray(np.linspace(-0.9, 0.9, num_blocks), jnp.float32)
-    return values, lambda params, z, sigma, labels: jnp.full_like(z, params)
+    return values, lambda params, z, sigma, labels, block: jnp.full_like(z, params)
 
 
 def reference_trajectory(part, t, values, z, solver):
@@ -70,7 +70,7 @@ def test_sampler_runs_the_block_that_owns_each_sigma(solver):
     assert sorted(set(used)) == [0, 1, 2, 3] and used == sorted(used)  # network order, every block
 
     # Now observe z_K itself: make each block's D depend on z so the trajectory matters.
-    tracking = lambda params, z, sigma, labels: params * z
+    tracking = lambda params, z, sigma, labels, block: params * z
     sampler = make_sampler(tracking, part, num_steps=12, solver=solver)
     scales = jnp.asarray([0.1, 0.3, 0.6, 0.9], jnp.float32)
     got = np.asarray(sampler(scales, noise), np.float64)
@@ -92,9 +92,9 @@ def test_sampler_compiles_once_for_all_steps():
     values, denoise = constant_blocks(3)
     traces = []
 
-    def counting(params, z, sigma, labels):
+    def counting(params, z, sigma, labels, block):
         traces.append(1)
-        return denoise(params, z, sigma, labels)
+        return denoise(params, z, sigma, labels, block)
 
     noise = jnp.ones((2, 2, 2, 1))
     counts = []

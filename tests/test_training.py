@@ -8,6 +8,8 @@ import pytest
 from conftest import tiny_config
 
 from dblocks_jax import NonFiniteLossError, checkpoint, data, train
+from dblocks_jax.model import BlockModel
+from dblocks_jax.sampling import generate
 from dblocks_jax.training import BlockTrainer, block_plan
 
 
@@ -187,3 +189,11 @@ def test_ema_tracks_the_parameters_with_warmed_up_decay():
     new, _ = no_ema.train_step(no_ema.init_state(0), images[:16], labels[:16], 0, 5)
     jax.tree.map(np.testing.assert_array_equal, host(new.ema), host(new.params))
 
+
+
+def test_uneven_layer_split_trains_and_samples():
+    config = tiny_config(num_layers=3, num_blocks=2, layer_split="1,2", steps=2, schedule="sequential")
+    result = train(config, progress=False)
+    assert result.block_steps == [2, 2] and all(np.isfinite(result.final_loss))
+    images = generate(BlockModel.from_config(config), result.params, num_samples=3, num_steps=4)
+    assert images.shape == (3, 8, 8, 1) and np.isfinite(np.asarray(images)).all()
