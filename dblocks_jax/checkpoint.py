@@ -13,6 +13,7 @@ atomic rename), so a crash or a full disk during a save leaves the previous chec
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import zlib
 from typing import Any
@@ -46,15 +47,17 @@ def checksum(tree: Any) -> str:
     return f"{crc:08x}"
 
 
-def _manager(workdir: str, block: int, max_to_keep: int | None = None) -> ocp.CheckpointManager:
+def _manager(workdir: str, block: int, max_to_keep: int | None = None, writer: bool = True) -> ocp.CheckpointManager:
+    """A manager for one block. In a multi-process run, checkpoints are gathered to process 0,
+    which writes them all (orbax 0.12 writes host arrays from process 0 only), so a writing manager
+    involves process 0 alone; a reading one (`writer=False`) involves only the calling process."""
     path = block_dir(workdir, block)
     os.makedirs(path, exist_ok=True)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False, enable_async_checkpointing=True)
     if jax.process_count() > 1:
-        # Multi-process runs gather the blocks to process 0, which writes them all (orbax 0.12 writes
-        # host arrays from process 0 only); the managers involve that process alone.
+        owner = 0 if writer else jax.process_index()
         options = dataclasses.replace(options, multiprocessing_options=ocp.options.MultiprocessingOptions(
-            primary_host=0, active_processes={0}, barrier_sync_key_prefix=f"dblocks_block{block}"))
+            primary_host=owner, active_processes={owner}, barrier_sync_key_prefix=f"dblocks_b{block}_p{owner}"))
     return ocp.CheckpointManager(path, options=options)
 
 
@@ -93,8 +96,10 @@ class BlockCheckpoints:
         record = {**record, "block": block, "block_step": step, "checksum": checksum(host_state)}
         self._pending[block] = step
         try:
-            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
-                                                       record=ocp.args.JsonSave(record)))
+            saved = manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
+                                                               record=ocp.args.JsonSave(record)))
+            if not saved:  # orbax declines steps at or below its newest one
+                raise RuntimeError(f"orbax declined step {step}; newest is {manager.latest_step()}")
         except Exception as err:
             raise CheckpointSaveError(
                 f"saving block {block} at step {step} to {step_dir(self.workdir, block, step)} failed: {err}; "
@@ -118,8 +123,24 @@ def all_steps(workdir: str, block: int) -> list[int]:
     path = block_dir(workdir, block)
     if not os.path.isdir(path):
         return []
-    with _manager(workdir, block) as manager:
+    with _manager(workdir, block, writer=False) as manager:
         return sorted(manager.all_steps())
+
+
+def read_record(workdir: str, block: int, step: int) -> dict | None:
+    """The JSON record of one checkpoint, read directly (None if missing or unreadable)."""
+    try:
+        with open(os.path.join(step_dir(workdir, block, step), "record", "metadata")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def delete_steps(workdir: str, block: int, steps) -> None:
+    """Remove checkpoints of a block (those past a resume point, which a resumed run rewrites)."""
+    with _manager(workdir, block) as manager:
+        for step in steps:
+            manager.delete(step)
 
 
 def latest_step(workdir: str, block: int) -> int | None:
@@ -136,7 +157,7 @@ def restore_block(workdir: str, block: int, abstract_state: Any, step: int | Non
     path = step_dir(workdir, block, step)
     target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract_state)  # restored as host arrays
     try:
-        with _manager(workdir, block) as manager:
+        with _manager(workdir, block, writer=False) as manager:
             restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                                      record=ocp.args.JsonRestore()))
     except Exception as err:  # orbax raises many types; the user needs the path

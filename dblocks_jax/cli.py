@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 
 from dblocks_jax import config as config_lib
+from dblocks_jax.checkpoint import CheckpointSaveError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,7 +152,7 @@ def run_train(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     result = training.train(config, workdir, overwrite=args.overwrite, resume=args.resume, blocks=blocks,
                             progress=not args.no_progress)
-    losses = ", ".join(f"{loss:.4f}" for loss in result.final_loss if loss == loss)
+    losses = ", ".join(f"{loss:.4f}" for loss in result.final_loss if not math.isnan(loss))
     print(f"done in {time.perf_counter() - start:.0f} s; final loss per block: {losses or 'n/a (resumed at the end)'}")
     if os.path.exists(os.path.join(workdir, "samples.png")) and all(p is not None for p in result.params):
         print(f"samples: {os.path.join(workdir, 'samples.png')}")
@@ -232,9 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as err:  # NonFiniteLossError: names the block and the step
         print(f"dblocks {args.command}: training stopped: {err}", file=sys.stderr)
         return 1
-    except RuntimeError as err:  # CheckpointSaveError: names the directory; earlier checkpoints are intact
-        if type(err).__name__ != "CheckpointSaveError":
-            raise
+    except CheckpointSaveError as err:  # names the directory; earlier checkpoints are intact
         print(f"dblocks {args.command}: {err}", file=sys.stderr)
         return 1
     return 0

@@ -161,7 +161,11 @@ class BlockModel:
 
     def depth(self, block) -> jax.Array | None:
         """Layers block `block` runs: None (all) unless the layer split is uneven."""
-        return jnp.asarray(self.config.block_depths)[block] if self.config.uneven and block is not None else None
+        if not self.config.uneven:
+            return None
+        if block is None:
+            raise ValueError(f"layer_split={self.config.layer_split} is uneven: pass the block index")
+        return jnp.asarray(self.config.block_depths)[block]
 
     def network(self, params: Params, x, c_noise, labels=None, block=None) -> jax.Array:
         """F(x, c_noise[, labels]) of block `block` (needed only for an uneven layer split)."""

@@ -101,12 +101,9 @@ class ParallelTrainer:
         self._step = jax.jit(jax.shard_map(self._step_local, mesh=mesh, in_specs=specs, out_specs=(P(BLOCK), P(BLOCK))),
                              donate_argnums=0)
         me = jax.process_index()
-        # Positions (into `blocks`) this process holds a replica of, and those it owns (saves): the
-        # owner of a block is the process of its data-shard-0 device.
+        # Positions (into `blocks`) of the blocks this process holds a replica of: it reads their data.
         self.local_positions = [i for i in range(len(self.blocks))
                                 if any(d.process_index == me for d in mesh.devices[i // self.per_shard])]
-        self.owned_positions = [i for i in range(len(self.blocks))
-                                if mesh.devices[i // self.per_shard, 0].process_index == me]
 
     # -- compiled pieces -------------------------------------------------------------------------
 

@@ -172,16 +172,19 @@ def train(config: Config, workdir: str | None = None, *, overwrite: bool = False
     is called after every step (tests use it to watch memory; block is None for parallel steps).
     """
     blocks = _blocks_to_train(config, blocks)
+    if jax.process_count() > 1 and config.schedule != "parallel":
+        raise ValueError(f"schedule={config.schedule!r} trains on one process; a multi-process run needs "
+                         f"schedule='parallel'")
     trainer = BlockTrainer(config)
     parallel = _parallel_trainer(config, trainer, blocks) if config.schedule == "parallel" else None
     run = _Run(config, blocks, parallel)
     restored: dict[int, tuple[BlockState, dict]] = {}
     position = 0
     if workdir:
-        if resume:
+        if resume and os.path.exists(os.path.join(workdir, "config.json")):
             _check_resumable(workdir, config, blocks)
             position, restored = _resume_point(workdir, trainer, run)
-        else:
+        else:  # a new run (--resume on an empty directory starts one)
             _on_process_zero(lambda: prepare_workdir(workdir, config, overwrite))
         _on_process_zero(lambda: _write_run_record(workdir, config, blocks))
         _sync_processes("dblocks_workdir_ready")
@@ -200,7 +203,7 @@ def train(config: Config, workdir: str | None = None, *, overwrite: bool = False
                                       if block_steps[b] == config.steps}
 
     def save(b: int, host_state: BlockState, pos: int, stream_state: Any = None) -> None:
-        if store is not None and b in run.owned_blocks:
+        if store is not None and b in run.owned_blocks and block_steps[b] > 0:
             stream_state = _stream_state(streams[b]) if stream_state is None else stream_state
             store.save(b, block_steps[b], host_state, {"run_step": pos, "seed": config.seed, "data": stream_state})
 
@@ -250,15 +253,6 @@ class _Run:
             return {b: position for b in self.blocks}
         counts = np.bincount(self.plan[:position], minlength=self.config.num_blocks)
         return {b: int(counts[b]) for b in self.blocks}
-
-    def checkpoint_positions(self) -> list[int]:
-        """Positions after which checkpoints are written, newest first (what a resume tries)."""
-        every = self.config.checkpoint_every
-        points = set(range(every, self.length + 1, every)) if every else set()
-        points.add(self.length)
-        if self.plan is not None:  # a block's last step
-            points.update(int(np.flatnonzero(self.plan == b)[-1]) + 1 for b in self.blocks)
-        return sorted(points, reverse=True)
 
 
 def _train_single_device(config, trainer, run, position, restored, streams, block_steps, logger, save, host_params,
@@ -323,17 +317,23 @@ def _train_parallel(config, parallel, run, position, restored, streams, block_st
         pos = t + 1
         checkpoint_now = (bool(config.checkpoint_every) and pos % config.checkpoint_every == 0) or pos == run.length
         if pos % config.log_every == 0 or checkpoint_now:
-            logger.flush()
+            _flush_everywhere(logger)
         if checkpoint_now:
             if jax.process_count() == 1:
                 rows, stream_states = parallel.local_rows(states), {}
             else:  # every block to process 0, which writes them (checkpoint.py says why)
                 rows = parallel.gather_rows(states)
                 stream_states = gather_json({b: _stream_state(streams[b]) for b in local})
-            for i, host_state in rows.items():
-                save(blocks[i], host_state, pos, stream_states.get(blocks[i]))
-                if pos == run.length and blocks[i] in local:
-                    host_params[blocks[i]] = host_state.ema
+            error = None
+            try:
+                for i, host_state in rows.items():
+                    save(blocks[i], host_state, pos, stream_states.get(blocks[i]))
+                    if pos == run.length and blocks[i] in local:
+                        host_params[blocks[i]] = host_state.ema
+            except checkpoint.CheckpointSaveError as err:
+                error = err
+            if not _all_processes(error is None):
+                raise error or checkpoint.CheckpointSaveError("process 0 could not save a checkpoint (see its log)")
 
 
 def _blocks_to_train(config: Config, blocks: Sequence[int] | None) -> list[int]:
@@ -350,6 +350,10 @@ def _parallel_trainer(config: Config, trainer: BlockTrainer, blocks: list[int]):
     from dblocks_jax import parallel
 
     shape = parallel.mesh_shape(len(blocks), config.block_shards, config.data_shards, jax.device_count())
+    if jax.process_count() > 1 and shape[0] * shape[1] != jax.device_count():
+        raise ValueError(f"a multi-process run must use every device: block_shards x data_shards = {shape[0]} x "
+                         f"{shape[1]} = {shape[0] * shape[1]}, but there are {jax.device_count()} devices over "
+                         f"{jax.process_count()} processes; set block_shards and data_shards to fill them")
     return parallel.ParallelTrainer(trainer, blocks, parallel.make_block_mesh(shape))
 
 
@@ -371,19 +375,27 @@ def _check_resumable(workdir: str, config: Config, blocks: list[int]) -> None:
 
 
 def _resume_point(workdir: str, trainer: BlockTrainer, run: _Run) -> tuple[int, dict[int, tuple[BlockState, dict]]]:
-    """The newest position at which every block has an intact checkpoint, and those checkpoints
-    (for the blocks this process holds). A checkpoint that fails to restore is reported and
-    skipped: the run falls back to the previous consistent position."""
+    """The newest run step at which every block has an intact checkpoint, and those checkpoints
+    (for the blocks this process holds). Candidates are the run steps recorded with the
+    checkpoints, so a changed `checkpoint_every` does not matter. A checkpoint that fails to
+    restore is reported and skipped; checkpoints past the chosen step (cut short, corrupted, or
+    from blocks saved ahead of the others) are deleted, since the resumed run rewrites them."""
     available = {b: set(checkpoint.all_steps(workdir, b)) for b in run.blocks}
+    recorded = {record["run_step"] for b in run.blocks for n in available[b]
+                if (record := checkpoint.read_record(workdir, b, n)) and "run_step" in record}
+    candidates = sorted((p for p in recorded if 0 < p <= run.length), reverse=True)
+    if jax.process_count() > 1:  # process 0's view decides, so every process tries the same steps
+        candidates = gather_json({0: candidates} if jax.process_index() == 0 else {})[0]
     bad: set[tuple[int, int]] = set()
-    for position in run.checkpoint_positions() + [0]:
+    for position in candidates + [0]:
         needed = {b: n for b, n in run.block_steps_at(position).items() if n > 0}
-        if any(n not in available[b] or (b, n) in bad for b, n in needed.items()):
-            continue
         restored, ok = {}, True
         for b, n in needed.items():
             if b not in run.local_blocks:
                 continue
+            if n not in available[b] or (b, n) in bad:
+                ok = False
+                break
             try:
                 restored[b] = checkpoint.restore_block(workdir, b, trainer.abstract_state, n)
             except checkpoint.CorruptCheckpointError as err:
@@ -391,11 +403,18 @@ def _resume_point(workdir: str, trainer: BlockTrainer, run: _Run) -> tuple[int, 
                 bad.add((b, n))
                 ok = False
                 break
-        if _all_processes(ok):
-            if position:
-                print(f"resume: continuing {workdir} after step {position} of {run.length}", flush=True)
-            return position, restored
-    return 0, {}
+        if not _all_processes(ok):
+            continue
+        steps_at = run.block_steps_at(position)
+        stale = {b: sorted(n for n in available[b] if n > steps_at[b]) for b in run.blocks}
+        _on_process_zero(lambda stale=stale: [checkpoint.delete_steps(workdir, b, ns) for b, ns in stale.items() if ns])
+        if position:
+            print(f"resume: continuing {workdir} after step {position} of {run.length}", flush=True)
+        elif any(available.values()):
+            print(f"resume: no step at which every block has an intact checkpoint in {workdir}; "
+                  f"starting from step 0", flush=True)
+        return position, restored
+    raise AssertionError("unreachable: position 0 needs no checkpoint")
 
 
 def _stream_state(stream) -> Any:
@@ -439,9 +458,28 @@ def _read_run_record(workdir: str) -> dict | None:
 
 
 def _on_process_zero(fn: Callable[[], Any]) -> None:
-    """Shared files (config.json, run.json) are written by process 0 only."""
+    """Shared files (config.json, run.json) are written by process 0 only; if that fails, every
+    process stops (none is left waiting for it)."""
+    error = None
     if jax.process_index() == 0:
-        fn()
+        try:
+            fn()
+        except Exception as err:
+            error = err
+    if not _all_processes(error is None):
+        raise error or ValueError("process 0 could not prepare the run directory (see its log)")
+
+
+def _flush_everywhere(logger: "_Logger") -> None:
+    """Check the pending losses; in a multi-process run every process learns whether any stopped,
+    so that none waits forever in the next collective."""
+    error = None
+    try:
+        logger.flush()
+    except NonFiniteLossError as err:
+        error = err
+    if not _all_processes(error is None):
+        raise error or NonFiniteLossError("another process stopped on a non-finite loss (see its log)")
 
 
 def _sync_processes(name: str) -> None:
@@ -471,8 +509,8 @@ def read_run_config(workdir: str, **overrides: Any) -> Config:
 
 # What must agree for blocks of separate runs to form one model: the architecture, the data it
 # models and the noise partition. (Seeds, schedules and step counts may differ.)
-MODEL_FIELDS = ("dataset", "image_size", "num_layers", "num_blocks", "width", "num_heads", "patch_size", "mlp_ratio",
-                "class_conditional")
+MODEL_FIELDS = ("dataset", "image_size", "num_layers", "num_blocks", "layer_split", "width", "num_heads", "patch_size",
+                "mlp_ratio", "class_conditional")
 PARTITION_FIELDS = ("sigma_min", "sigma_max", "sigma_data", "p_mean", "p_std", "partition", "overlap")
 
 
@@ -553,6 +591,14 @@ def write_sample_grid(config: Config, model: BlockModel, params: list, path: str
     return samples
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a line torn by a crash counts as past any resume point."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class _Logger:
     """Keeps per-step losses on the device and fetches them only every `log_every` steps, so the
     host never waits for the device in between; checks them for NaN/Inf, writes metrics.jsonl and
@@ -565,7 +611,7 @@ class _Logger:
         self.path = os.path.join(workdir, name) if workdir else None
         if self.path and os.path.exists(self.path):  # a resumed run: drop what was logged after its checkpoint
             with open(self.path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= position]
+                kept = [line for line in f if _logged_step(line) <= position]
             with open(self.path, "w") as f:
                 f.writelines(kept)
         self.pending: list[tuple[int, list[int], list[int], Any, Callable | None, int]] = []

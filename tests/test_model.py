@@ -2,6 +2,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import tiny_config
 
 from dblocks_jax.model import BlockModel
@@ -95,6 +96,8 @@ def test_uneven_layer_split_runs_each_blocks_own_depth():
     shallow = lambda p: model.denoise(p, z, sigma, labels, block=0)
     deep = lambda p: model.denoise(p, z, sigma, labels, block=1)
     np.testing.assert_array_equal(shallow(params), shallow(second_layer_only))  # block 0 skips layer 2
+    with pytest.raises(ValueError, match="uneven: pass the block index"):
+        model.denoise(params, z, sigma, labels)
     assert not np.allclose(deep(params), deep(second_layer_only))  # block 1 runs it
     grads = jax.grad(lambda p: model.loss(p, jax.random.key(4), 0, z, labels))(params)
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["layers"][1]))
@@ -102,8 +105,6 @@ def test_uneven_layer_split_runs_each_blocks_own_depth():
 
 
 def test_layer_split_is_validated():
-    import pytest
-
     with pytest.raises(ValueError, match=r"layer_split='3,6'; allowed: 3 comma-separated integers >= 1 that sum to"):
         tiny_config(num_layers=12, num_blocks=3, layer_split="3,6")
     with pytest.raises(ValueError, match="layer_split"):

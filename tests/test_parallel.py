@@ -98,9 +98,14 @@ def test_two_processes_train_two_blocks_like_one(tmp_path):
                                "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(k)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for k in range(2)]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
     assert [p.returncode for p in procs] == [0, 0], outputs
-    # Each process wrote its own block and its own metrics; process 0 the shared files.
+    # Each process trained its own block and wrote its own metrics; process 0 wrote the shared files
+    # and, gathered at checkpoint time, every block's checkpoint.
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["block_000", "block_001"]
     assert {"config.json", "metrics.process0.jsonl", "metrics.process1.jsonl"} <= set(os.listdir(tmp_path))
     trainer = BlockTrainer(config)

@@ -28,10 +28,13 @@ config = Config.from_dict(json.loads(config_json))
 def on_step(t, block, resident):
     if t + 1 != int(at):
         return
+    # Saves are asynchronous: wait until block 0's first checkpoint is committed, so that there is
+    # something to resume from (kill) or to keep intact (full disk).
+    block_0 = os.path.join(workdir, "checkpoints", "block_000")
+    while not any(name.isdigit() for name in os.listdir(block_0)):
+        time.sleep(0.05)
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    while not os.path.isdir(os.path.join(workdir, "checkpoints", "block_000", str(config.checkpoint_every))):
-        time.sleep(0.05)  # the first checkpoint is committed; the next save meets the "full disk"
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
 
@@ -59,7 +62,7 @@ def assert_bitwise_equal(a, b):
 
 
 @pytest.mark.parametrize("schedule,kill_at", [("interleaved", 10), ("sequential", 10), ("parallel", 5)])
-def test_run_killed_mid_way_and_resumed_equals_uninterrupted_run(tmp_path, schedule, kill_at):
+def test_run_killed_mid_way_and_resumed_equals_uninterrupted_run(tmp_path, capsys, schedule, kill_at):
     config = tiny_config(num_blocks=2, steps=8, checkpoint_every=3, log_every=2, schedule=schedule,
                          block_shards=2 if schedule == "parallel" else 0)
     killed = run_child(config, tmp_path / "killed", "kill", kill_at)
@@ -67,7 +70,9 @@ def test_run_killed_mid_way_and_resumed_equals_uninterrupted_run(tmp_path, sched
     last_blocks = [checkpoint.latest_step(str(tmp_path / "killed"), b) for b in range(2)]
     assert last_blocks != [8, 8]  # really cut short
 
+    capsys.readouterr()
     resumed = train(config, str(tmp_path / "killed"), resume=True, progress=False, write_samples=False)
+    assert "continuing" in capsys.readouterr().out  # it resumed, it did not start again
     reference = train(config, str(tmp_path / "reference"), progress=False, write_samples=False)
     assert resumed.block_steps == reference.block_steps == [8, 8]
     assert_bitwise_equal(final_states(config, tmp_path / "killed"), final_states(config, tmp_path / "reference"))
@@ -81,20 +86,31 @@ def test_corrupted_checkpoint_is_named_and_resume_falls_back(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     killed = run_child(config, workdir, "kill", 9)
     assert killed.returncode == -9
-    # Corrupt block 1's newest checkpoint two ways: its arrays' bytes, then (separately) its record.
     newest = checkpoint.latest_step(workdir, 1)
-    for root, _, files in os.walk(os.path.join(checkpoint.step_dir(workdir, 1, newest), "state")):
-        for name in files:
-            with open(os.path.join(root, name), "r+b") as f:
-                f.truncate(max(0, os.path.getsize(f.name) // 2))
+    truncate_arrays(workdir, 1, newest)
     with pytest.raises(checkpoint.CorruptCheckpointError, match=f"block_001/{newest}"):
         checkpoint.restore_block(workdir, 1, BlockTrainer(config).abstract_state, newest)
 
-    train(config, workdir, resume=True, progress=False, write_samples=False)
-    assert "falling back to an earlier checkpoint" in capsys.readouterr().out
+    # A changed checkpoint cadence does not matter: resume points come from the checkpoints' records.
+    capsys.readouterr()
+    train(config.replace(checkpoint_every=5), workdir, resume=True, progress=False, write_samples=False)
+    out = capsys.readouterr().out
+    assert "falling back to an earlier checkpoint" in out and "continuing" in out
     reference = str(tmp_path / "reference")
     train(config, reference, progress=False, write_samples=False)
     assert_bitwise_equal(final_states(config, workdir), final_states(config, reference))
+
+    # A corrupted *final* checkpoint: the resume falls back, retrains, and replaces it.
+    truncate_arrays(workdir, 0, 6)
+    train(config, workdir, resume=True, progress=False, write_samples=False)
+    assert_bitwise_equal(final_states(config, workdir), final_states(config, reference))
+
+
+def truncate_arrays(workdir, block, step):
+    for root, _, files in os.walk(os.path.join(checkpoint.step_dir(workdir, block, step), "state")):
+        for name in files:
+            with open(os.path.join(root, name), "r+b") as f:
+                f.truncate(max(0, os.path.getsize(f.name) // 2))
 
 
 def test_checksum_catches_arrays_that_do_not_match_their_record(tmp_path):
@@ -113,6 +129,9 @@ def test_resume_with_a_different_config_lists_the_differing_fields(tmp_path):
     changed = config.replace(learning_rate=1e-3, overlap=0.1, sample_steps=8)  # sample_steps may change
     with pytest.raises(ValueError, match=r"saved -> now\): overlap: 0\.05 -> 0\.1; learning_rate: 0\.002 -> 0\.001$"):
         train(changed, str(tmp_path), resume=True, progress=False)
+    fresh = tmp_path / "new" / "run"  # --resume on a directory without a run starts one
+    train(config.replace(steps=1), str(fresh), resume=True, progress=False, write_samples=False)
+    assert (fresh / "config.json").exists() and checkpoint.latest_step(str(fresh), 1) == 1
 
 
 def test_full_disk_during_save_raises_and_keeps_the_previous_checkpoint(tmp_path):
