@@ -11,5 +11,6 @@ for x in ${EXPERIMENTS:-blocks solvers partition overlap schedules}; do
   echo "$(date -u +%FT%TZ) start $x" >> experiments/results/run_small.log
   taskset -c "$CORE" "$PY" "experiments/$x.py" --scale small --seeds 0,1,2 --no-progress \
     > "experiments/results/$x/log.txt" 2>&1
-  echo "$(date -u +%FT%TZ) end $x rc=$?" >> experiments/results/run_small.log
+  rc=$?
+  echo "$(date -u +%FT%TZ) end $x rc=$rc" >> experiments/results/run_small.log
 done
