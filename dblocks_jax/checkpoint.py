@@ -136,11 +136,18 @@ def read_record(workdir: str, block: int, step: int) -> dict | None:
         return None
 
 
-def delete_steps(workdir: str, block: int, steps) -> None:
-    """Remove checkpoints of a block (those past a resume point, which a resumed run rewrites)."""
-    with _manager(workdir, block) as manager:
-        for step in steps:
-            manager.delete(step)
+def discard_steps(workdir: str, block: int, steps) -> list[str]:
+    """Move checkpoints of a block out of its history, to checkpoints/discarded/block_XXX/<step>
+    (a resumed run rewrites those steps; nothing is deleted, in case one only failed to read)."""
+    moved = []
+    for step in steps:
+        target = os.path.join(os.path.abspath(workdir), "checkpoints", "discarded", f"block_{block:03d}", str(step))
+        if os.path.exists(target):
+            target += f".{len(os.listdir(os.path.dirname(target)))}"
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(step_dir(workdir, block, step), target)
+        moved.append(target)
+    return moved
 
 
 def latest_step(workdir: str, block: int) -> int | None:

@@ -116,9 +116,15 @@ class DiT(nnx.Module):
                 raise ValueError("this block is class-conditional: pass labels (num_classes = null class)")
             cond = cond + self.class_embed(labels)
         for i, layer in enumerate(self.layers):
-            run = (lambda t, layer=layer: nnx.remat(DiTLayer.__call__)(layer, t, cond)) if self.remat else (
-                lambda t, layer=layer: layer(t, cond))
-            tokens = run(tokens) if depth is None else jax.lax.cond(i < depth, run, lambda t: t, tokens)
+            if depth is None:
+                tokens = nnx.remat(DiTLayer.__call__)(layer, tokens, cond) if self.remat else layer(tokens, cond)
+                continue
+            # Pure function of the layer's state, so that it can sit in a lax.cond branch (and under
+            # jax.checkpoint) without NNX seeing its parameters touched from another trace.
+            graphdef, state = nnx.split(layer)
+            run = lambda st, t, graphdef=graphdef: nnx.merge(graphdef, st)(t, cond)
+            run = jax.checkpoint(run) if self.remat else run
+            tokens = jax.lax.cond(i < depth, run, lambda st, t: t, state, tokens)
         shift, scale = jnp.split(self.final_ada(nnx.silu(cond)), 2, axis=-1)
         out = self.final_linear(modulate(self.final_norm(tokens), shift, scale))
         return out.reshape(n, g, g, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)

@@ -214,8 +214,14 @@ def train(config: Config, workdir: str | None = None, *, overwrite: bool = False
         else:
             _train_parallel(config, parallel, run, position, restored, streams, block_steps, logger, save,
                             host_params, on_step)
-        if store is not None:
-            store.wait()
+        if store is not None:  # the last saves are still being written
+            error = None
+            try:
+                store.wait()
+            except checkpoint.CheckpointSaveError as err:
+                error = err
+            if not _all_processes(error is None):
+                raise error or checkpoint.CheckpointSaveError("process 0 could not save a checkpoint (see its log)")
     finally:
         logger.close()
         if store is not None:
@@ -378,8 +384,8 @@ def _resume_point(workdir: str, trainer: BlockTrainer, run: _Run) -> tuple[int, 
     """The newest run step at which every block has an intact checkpoint, and those checkpoints
     (for the blocks this process holds). Candidates are the run steps recorded with the
     checkpoints, so a changed `checkpoint_every` does not matter. A checkpoint that fails to
-    restore is reported and skipped; checkpoints past the chosen step (cut short, corrupted, or
-    from blocks saved ahead of the others) are deleted, since the resumed run rewrites them."""
+    restore is reported and skipped; checkpoints past the chosen step (corrupted, unreadable, or
+    from blocks saved ahead of the others) are moved to checkpoints/discarded/, never deleted."""
     available = {b: set(checkpoint.all_steps(workdir, b)) for b in run.blocks}
     recorded = {record["run_step"] for b in run.blocks for n in available[b]
                 if (record := checkpoint.read_record(workdir, b, n)) and "run_step" in record}
@@ -407,7 +413,7 @@ def _resume_point(workdir: str, trainer: BlockTrainer, run: _Run) -> tuple[int, 
             continue
         steps_at = run.block_steps_at(position)
         stale = {b: sorted(n for n in available[b] if n > steps_at[b]) for b in run.blocks}
-        _on_process_zero(lambda stale=stale: [checkpoint.delete_steps(workdir, b, ns) for b, ns in stale.items() if ns])
+        _on_process_zero(lambda stale=stale: _discard(workdir, stale))
         if position:
             print(f"resume: continuing {workdir} after step {position} of {run.length}", flush=True)
         elif any(available.values()):
@@ -415,6 +421,12 @@ def _resume_point(workdir: str, trainer: BlockTrainer, run: _Run) -> tuple[int, 
                   f"starting from step 0", flush=True)
         return position, restored
     raise AssertionError("unreachable: position 0 needs no checkpoint")
+
+
+def _discard(workdir: str, stale: dict[int, list[int]]) -> None:
+    for b, steps in stale.items():
+        for path in checkpoint.discard_steps(workdir, b, steps):
+            print(f"resume: moved {path}: it lies past the resume point and will be rewritten", flush=True)
 
 
 def _stream_state(stream) -> Any:
@@ -476,10 +488,10 @@ def _flush_everywhere(logger: "_Logger") -> None:
     error = None
     try:
         logger.flush()
-    except NonFiniteLossError as err:
+    except Exception as err:  # NonFiniteLossError, or a failed metrics write
         error = err
     if not _all_processes(error is None):
-        raise error or NonFiniteLossError("another process stopped on a non-finite loss (see its log)")
+        raise error or NonFiniteLossError("another process stopped (non-finite loss or error; see its log)")
 
 
 def _sync_processes(name: str) -> None:

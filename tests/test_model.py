@@ -102,6 +102,10 @@ def test_uneven_layer_split_runs_each_blocks_own_depth():
     grads = jax.grad(lambda p: model.loss(p, jax.random.key(4), 0, z, labels))(params)
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["layers"][1]))
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["layers"][0]))
+    # With activation checkpointing the skipped layer stays skipped and the gradients are the same.
+    remat = BlockModel.from_config(config.replace(remat=True))
+    remat_grads = jax.grad(lambda p: remat.loss(p, jax.random.key(4), 0, z, labels))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), remat_grads, grads)
 
 
 def test_layer_split_is_validated():

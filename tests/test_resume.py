@@ -28,10 +28,10 @@ config = Config.from_dict(json.loads(config_json))
 def on_step(t, block, resident):
     if t + 1 != int(at):
         return
-    # Saves are asynchronous: wait until block 0's first checkpoint is committed, so that there is
+    # Saves are asynchronous: wait until every block has a committed checkpoint, so that there is
     # something to resume from (kill) or to keep intact (full disk).
-    block_0 = os.path.join(workdir, "checkpoints", "block_000")
-    while not any(name.isdigit() for name in os.listdir(block_0)):
+    blocks = [os.path.join(workdir, "checkpoints", f"block_{b:03d}") for b in range(config.num_blocks)]
+    while not all(os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d)) for d in blocks):
         time.sleep(0.05)
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -100,10 +100,12 @@ def test_corrupted_checkpoint_is_named_and_resume_falls_back(tmp_path, capsys):
     train(config, reference, progress=False, write_samples=False)
     assert_bitwise_equal(final_states(config, workdir), final_states(config, reference))
 
-    # A corrupted *final* checkpoint: the resume falls back, retrains, and replaces it.
+    # A corrupted *final* checkpoint: the resume falls back, retrains, and replaces it; the bad one
+    # is moved aside, not deleted.
     truncate_arrays(workdir, 0, 6)
     train(config, workdir, resume=True, progress=False, write_samples=False)
     assert_bitwise_equal(final_states(config, workdir), final_states(config, reference))
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "discarded", "block_000", "6"))
 
 
 def truncate_arrays(workdir, block, step):
