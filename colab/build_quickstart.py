@@ -31,6 +31,8 @@ REPO_URL = "https://github.com/REPLACE-WITH-OWNER/dblocks-jax"
 
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
+    if "REPLACE-WITH-OWNER" in REPO_URL:
+        raise SystemExit("Set REPO_URL above to the dblocks-jax repository you are using (its git URL).")
     # Keep Colab's accelerator: ask for the matching jax build together with the package.
     if shutil.which("nvidia-smi"):
         extra = ["jax[cuda12]"]
