@@ -96,6 +96,15 @@ def step_memory(compiled) -> dict[str, int]:
     return mem
 
 
+def memory_bytes(trainer: BlockTrainer, compiled, resident_blocks: int) -> dict[str, int]:
+    """The compiled step's memory plus the state of the blocks resident beside the trained one
+    (`resident_state` for all of them, `total_peak` = step peak + the other blocks' state)."""
+    mem = step_memory(compiled)
+    mem["resident_state"] = trainer.state_bytes * resident_blocks
+    mem["total_peak"] = mem["step_peak"] + trainer.state_bytes * (resident_blocks - 1)
+    return mem
+
+
 def step_flops(compiled) -> float | None:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -163,10 +172,7 @@ def run_bench(config: Config, settings: BenchSettings = BenchSettings(), progres
             print(f"bench: compiling {mode} B={cfg.num_blocks}", flush=True)
         trainer = BlockTrainer(cfg)
         compiled = compile_step(trainer)
-        mem = step_memory(compiled)
-        resident_blocks = cfg.num_blocks if mode == "db-interleaved" else 1
-        mem["resident_state"] = trainer.state_bytes * resident_blocks
-        mem["total_peak"] = mem["step_peak"] + trainer.state_bytes * (resident_blocks - 1)
+        mem = memory_bytes(trainer, compiled, resident_blocks=cfg.num_blocks if mode == "db-interleaved" else 1)
         record = {
             "mode": mode, "num_blocks": cfg.num_blocks, "num_layers": cfg.num_layers,
             "layers_per_block": cfg.layers_per_block, "batch_size": cfg.batch_size, "dtype": cfg.dtype,

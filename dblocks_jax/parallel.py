@@ -158,24 +158,13 @@ class ParallelTrainer:
 
     def local_rows(self, tree) -> dict[int, Any]:
         """{position: that block's slice of `tree`} on the host, for every position this process
-        holds; reads one replica per block (no communication)."""
-        out: dict[int, Any] = {}
+        holds; reads one replica per block, in a single transfer (no communication)."""
         leaves, treedef = jax.tree.flatten(tree)
-        per_leaf = [self._leaf_rows(leaf) for leaf in leaves]
-        for i in self.local_positions:
-            out[i] = jax.tree.unflatten(treedef, [rows[i] for rows in per_leaf])
-        return out
-
-    def _leaf_rows(self, leaf: jax.Array) -> dict[int, np.ndarray]:
-        rows: dict[int, np.ndarray] = {}
-        for shard in leaf.addressable_shards:
-            start = shard.index[0].start or 0
-            if start in rows:
-                continue
-            data = np.asarray(jax.device_get(shard.data))
-            for k in range(data.shape[0]):
-                rows[start + k] = data[k]
-        return rows
+        shards = [{shard.index[0].start or 0: shard.data for shard in leaf.addressable_shards} for leaf in leaves]
+        host = jax.device_get(shards)  # one replica per (leaf, block row), all at once
+        rows = [{start + k: block for start, data in leaf.items() for k, block in enumerate(np.asarray(data))}
+                for leaf in host]
+        return {i: jax.tree.unflatten(treedef, [leaf[i] for leaf in rows]) for i in self.local_positions}
 
     def gather_rows(self, tree) -> dict[int, Any]:
         """Every block's slice of `tree`, on every process. A collective across processes, used only

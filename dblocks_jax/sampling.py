@@ -137,6 +137,16 @@ def generate(model, block_params: list, *, num_samples: int, num_steps: int, sol
              grid: str = "equiprobable", guidance: float = 1.0, seed: int = 0, labels=None) -> jax.Array:
     """Samples from a trained DiffusionBlocks model (`model` a `BlockModel`, one parameter tree per
     block). Class-conditional models get balanced labels unless `labels` is given."""
+    sampler, args = sampler_and_inputs(model, block_params, num_samples=num_samples, num_steps=num_steps,
+                                       solver=solver, grid=grid, guidance=guidance, seed=seed, labels=labels)
+    return sampler(*args)
+
+
+def sampler_and_inputs(model, block_params: list, *, num_samples: int, num_steps: int, solver: str = "euler",
+                       grid: str = "equiprobable", guidance: float = 1.0, seed: int = 0,
+                       labels=None) -> tuple[Callable, tuple]:
+    """What `generate` runs, unrun: the compiled sampler and its arguments (stacked parameters,
+    seeded noise, labels), so that callers can lower, compile and time it separately."""
     if len(block_params) != model.partition.num_blocks:
         raise ValueError(f"got parameters for {len(block_params)} blocks; the partition has "
                          f"{model.partition.num_blocks}")
@@ -147,4 +157,4 @@ def generate(model, block_params: list, *, num_samples: int, num_steps: int, sol
     sampler = _model_sampler(model, float(guidance), num_steps, solver, grid)
     shape = (num_samples, config.image_size, config.image_size, config.dataset_info.channels)
     noise = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
-    return sampler(stack_blocks(block_params), noise, labels)
+    return sampler, (stack_blocks(block_params), noise, labels)

@@ -30,7 +30,6 @@ import time
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -38,7 +37,7 @@ from dblocks_jax import bench, data, metrics, training
 from dblocks_jax.config import Config, get_config
 from dblocks_jax.model import BlockModel
 from dblocks_jax.plotting import image_grid
-from dblocks_jax.sampling import _model_sampler, balanced_labels, evaluations_per_sample, stack_blocks
+from dblocks_jax.sampling import evaluations_per_sample, sampler_and_inputs
 
 SAMPLING_FIELDS = ("sample_steps", "solver", "grid", "guidance", "num_samples")
 # Fields that change neither the trained parameters nor the sampler: not part of any cache key.
@@ -339,10 +338,8 @@ def training_memory(config: Config, cache: dict | None = None) -> dict:
     if cache is not None and key in cache:
         return cache[key]
     trainer = training.BlockTrainer(config)
-    mem = bench.step_memory(bench.compile_step(trainer))
     resident = config.num_blocks if config.schedule == "interleaved" else 1
-    mem["resident_state"] = trainer.state_bytes * resident
-    mem["total_peak"] = mem["step_peak"] + trainer.state_bytes * (resident - 1)
+    mem = bench.memory_bytes(trainer, bench.compile_step(trainer), resident)
     if cache is not None:
         cache[key] = mem
     return mem
@@ -352,13 +349,11 @@ def sample_and_score(config: Config, params: list, classifier: metrics.FeatureCl
                      reference: np.ndarray, grid_path: str | None = None) -> tuple[dict, dict]:
     """Draw `config.num_samples` samples with the config's sampler (noise seeded by `config.seed`,
     as `generate` does), time the compiled sampler, and score them against `reference`."""
-    model = BlockModel.from_config(config)
     n = config.num_samples
-    labels = balanced_labels(n, config.num_classes) if config.num_classes else None
-    sampler = _model_sampler(model, float(config.guidance), config.sample_steps, config.solver, config.grid)
-    shape = (n, config.image_size, config.image_size, config.dataset_info.channels)
-    noise = jax.random.normal(jax.random.key(config.seed), shape, jnp.float32)
-    args = (stack_blocks(params), noise, None if labels is None else jnp.asarray(labels, jnp.int32))
+    sampler, args = sampler_and_inputs(BlockModel.from_config(config), params, num_samples=n,
+                                       num_steps=config.sample_steps, solver=config.solver, grid=config.grid,
+                                       guidance=config.guidance, seed=config.seed)
+    labels = None if args[2] is None else np.asarray(args[2])
     start = time.perf_counter()
     compiled = sampler.lower(*args).compile()
     compile_s = time.perf_counter() - start

@@ -643,15 +643,19 @@ class _Logger:
         self.pending.append((step, blocks, block_steps, metrics, fetch, count or len(blocks)))
 
     def _host_values(self) -> list[tuple[int, int, int, float, float]]:
+        """(step, block, block step, loss, grad norm) of every pending block step, fetched from the
+        device in one transfer (or, for parallel steps, one call of their `fetch`)."""
         plain = jax.device_get([e[3] for e in self.pending if e[4] is None])
-        out, k = [], 0
-        for step, blocks, block_steps, metrics, fetch, _ in self.pending:
+        stacked = [e for e in self.pending if e[4] is not None]
+        fetched = stacked[0][4]([e[3] for e in stacked]) if stacked else {}  # {position: [per entry]}
+        out, k, j = [], 0, 0
+        for step, blocks, block_steps, _, fetch, _ in self.pending:
             if fetch is None:
                 rows = [plain[k]]
                 k += 1
             else:
-                fetched = fetch(metrics)
-                rows = [fetched[i] for i in sorted(fetched)]
+                rows = [fetched[i][j] for i in sorted(fetched)]
+                j += 1
             out.extend((step, b, n, *row) for b, n, row in zip(blocks, block_steps, rows))
         return out
 
