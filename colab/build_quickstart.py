@@ -48,7 +48,10 @@ print("Colab:", IN_COLAB, "| tiny settings:", TINY)"""),
 import matplotlib.pyplot as plt
 import numpy as np
 
-from dblocks_jax import BlockModel, bench, data, get_config, metrics, train, training
+from dblocks_jax import data, get_config, make_task, train
+from dblocks_jax.engine import bench
+from dblocks_jax.engine.trainer import BlockTrainer
+from dblocks_jax.evaluation import bench_report, image_quality
 
 print("JAX", jax.__version__, "on", jax.devices())
 # Keep compiled programs on disk: a rerun, and the memory bench below (which compiles the same training
@@ -56,23 +59,24 @@ print("JAX", jax.__version__, "on", jax.devices())
 jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.join("runs", "jax_cache")))
 
 if TINY:
-    overrides = dict(image_size=8, width=16, num_heads=2, num_layers=4, patch_size=2, batch_size=16, steps=20,
-                     warmup_steps=5, log_every=10, sample_steps=8, num_samples=24)
-    classifier_settings = metrics.ClassifierSettings(steps=30)
+    overrides = {"data.image_size": 8, "model.width": 16, "model.num_heads": 2, "model.num_layers": 4,
+                 "model.patch_size": 2, "data.batch_size": 16, "optim.steps": 20, "optim.warmup_steps": 5,
+                 "run.log_every": 10, "sampling.steps": 8, "sampling.num_samples": 24}
+    classifier_settings = image_quality.ClassifierSettings(steps=30)
     eval_samples, eval_seeds = 48, (0, 1)
 else:  # the `shapes` preset: 8 layers of width 96, 700 steps per block
     overrides = {}
-    classifier_settings = metrics.ClassifierSettings()
+    classifier_settings = image_quality.ClassifierSettings()
     eval_samples, eval_seeds = 512, (0, 1, 2)
 
-config = get_config("shapes", num_blocks=4, **overrides)
+config = get_config("shapes", {"model.num_blocks": 4, **overrides})  # {"section.field": value}
 workdir = os.path.join("runs", "quickstart")
-print(f"{config.num_layers} layers in {config.num_blocks} blocks of {config.layers_per_block}, "
-      f"{config.steps} steps per block")"""),
+print(f"{config.model.num_layers} layers in {config.model.num_blocks} blocks of {config.model.layers_per_block}, "
+      f"{config.optim.steps} steps per block")"""),
     ("markdown", """## Train `B = 4` blocks
 
 The paper's interleaved schedule: each step trains one block, chosen at random, until every block has
-taken `steps` steps (the same number of layer evaluations as an end-to-end run of `steps` steps)."""),
+taken `optim.steps` steps (the same number of layer evaluations as an end-to-end run of that many steps)."""),
     ("code", """result = train(config, workdir, overwrite=True)
 print("final loss per block:", [round(x, 3) for x in result.final_loss])"""),
     ("markdown", """## Samples
@@ -84,7 +88,7 @@ squares, then triangles."""),
 plt.figure(figsize=(5, 5))
 plt.imshow(grid, cmap="gray")
 plt.axis("off")
-plt.title(f"B = {config.num_blocks}, {config.steps} steps per block")
+plt.title(f"B = {config.model.num_blocks}, {config.optim.steps} steps per block")
 plt.show()"""),
     ("markdown", """## Training memory: end-to-end vs one block at a time
 
@@ -92,15 +96,15 @@ Read from the compiled training step (`memory_analysis()`: argument + output - a
 deterministic and needs no profiler. `db-sequential` is DiffusionBlocks with one block resident."""),
     ("code", """settings = bench.BenchSettings(num_blocks=(2, 4) if not TINY else (4,), modes=("e2e", "db-sequential"),
                                time_steps=0)
-memory_records = bench.run_bench(config, settings, progress=False)
-print(bench.markdown_table(memory_records))
+memory_records = bench.run_bench(config, make_task, settings, progress=False)
+print(bench_report.markdown_table(memory_records))
 
 names = [f"{r['mode']}, B={r['num_blocks']}" for r in memory_records]
 mib = [r["memory_bytes"]["total_peak"] / 2**20 for r in memory_records]
 plt.figure(figsize=(6, 2.5))
 plt.barh(names, mib)
 plt.xlabel("training memory (MiB)")
-plt.title(f"{config.num_layers} layers, batch {config.batch_size}, on {jax.devices()[0].platform}")
+plt.title(f"{config.model.num_layers} layers, batch {config.data.batch_size}, on {jax.devices()[0].platform}")
 plt.show()
 e2e = next(r for r in memory_records if r["mode"] == "e2e")["memory_bytes"]["total_peak"]
 for r in memory_records:
@@ -111,20 +115,19 @@ The Frechet distance between samples and the held-out split in the feature space
 trained on the dataset's own labels (lower is better), and the conditional accuracy: the share of samples
 that this classifier assigns to the class they were drawn for (chance is 1/3). A freshly initialised
 model of the same size is the baseline to beat. Mean ± std over sampling seeds."""),
-    ("code", """model = BlockModel.from_config(config)
-classifier = metrics.FeatureClassifier(config.dataset, config.image_size, classifier_settings)
-reference, _ = data.load_split(config.dataset, "test", config.image_size)
-trainer = training.BlockTrainer(config)
-untrained_params = [jax.device_get(trainer.init_state(b).ema) for b in range(config.num_blocks)]
+    ("code", """task = make_task(config)
+classifier = image_quality.FeatureClassifier(config.data.dataset, config.data.image_size, classifier_settings)
+reference, _ = data.load_split(config.data.dataset, "test", config.data.image_size)
+trainer = BlockTrainer(task)
+untrained_params = [jax.device_get(trainer.init_state(b).ema) for b in range(config.model.num_blocks)]
 
 
 def score(params):
     fds, accs = [], []
     for seed in eval_seeds:
-        images, labels = training.sample_from_config(config.replace(num_samples=eval_samples, seed=seed),
-                                                     model, params)
-        fds.append(metrics.feature_frechet_distance(classifier, images, reference))
-        accs.append(metrics.conditional_accuracy(classifier, images, labels))
+        images, labels = task.samples(params, seed=seed, num_samples=eval_samples)
+        fds.append(image_quality.feature_frechet_distance(classifier, images, reference))
+        accs.append(image_quality.conditional_accuracy(classifier, images, labels))
     return {"frechet_distance": (np.mean(fds), np.std(fds, ddof=1)),
             "conditional_accuracy": (np.mean(accs), np.std(accs, ddof=1))}
 

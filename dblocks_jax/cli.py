@@ -1,8 +1,8 @@
-"""Command line: `python -m dblocks_jax {train,sample,evaluate,bench} ...` (also installed as `dblocks`).
+"""Command line: `dblocks {train,sample,evaluate,assemble,bench,list} ...` (also `python -m dblocks_jax`).
 
-A thin layer over `dblocks_jax.training`, `dblocks_jax.sampling` and `dblocks_jax.bench`: it parses
-arguments, builds and validates the config (so a bad value fails before anything compiles), and
-prints where the results went.
+A thin layer: it parses arguments, builds and validates the config (so a bad value fails before
+anything compiles), calls `dblocks_jax.runs` / the task / the engine, and prints where the
+results went.
 """
 
 from __future__ import annotations
@@ -15,22 +15,25 @@ import sys
 import time
 
 from dblocks_jax import config as config_lib
-from dblocks_jax.checkpoint import CheckpointSaveError
+from dblocks_jax.engine.checkpoint import CheckpointSaveError
+from dblocks_jax.engine.settings import GRIDS, SAMPLING, SCHEDULES, SOLVERS, field_types, leaves
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dblocks", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    presets = ", ".join(sorted(config_lib.PRESETS))
+    set_help = "override a config field, e.g. --set model.width=64 (repeatable; `dblocks list --fields`)"
 
     tr = sub.add_parser("train", help="train every block of a DiffusionBlocks model (B = 1: end-to-end)")
-    tr.add_argument("--config", default="shapes", help=f"preset: {', '.join(sorted(config_lib.PRESETS))}")
-    tr.add_argument("--num-blocks", type=int, help="number of blocks B (1 = end-to-end baseline)")
-    tr.add_argument("--steps", type=int, help="optimizer steps per block")
-    tr.add_argument("--schedule", help=f"one of {', '.join(config_lib.SCHEDULES)}")
-    tr.add_argument("--seed", type=int)
+    tr.add_argument("--config", default="shapes", help=f"preset: {presets} (`dblocks list`)")
+    tr.add_argument("--num-blocks", type=int, help="model.num_blocks: number of blocks B (1 = end-to-end baseline)")
+    tr.add_argument("--steps", type=int, help="optim.steps: optimizer steps per block")
+    tr.add_argument("--schedule", help=f"schedule.name: one of {', '.join(SCHEDULES)}")
+    tr.add_argument("--seed", type=int, help="run.seed")
     tr.add_argument("--workdir", help="run directory (default: runs/<dataset>_B<B>_<schedule>_seed<seed>)")
-    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                    help="override any config field, e.g. --set width=64 (repeatable)")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help=set_help)
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run in --workdir")
     tr.add_argument("--resume", action="store_true",
                     help="continue the run in --workdir from its newest intact checkpoint (starts it if it has none)")
@@ -45,12 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     sa = sub.add_parser("sample", help="draw samples from a trained run")
     sa.add_argument("--workdir", required=True, action="append",
                     help="run directory; repeat it to use blocks trained in separate runs")
-    sa.add_argument("--num-samples", type=int)
-    sa.add_argument("--steps", type=int, help="sampler steps K")
-    sa.add_argument("--solver", choices=config_lib.SOLVERS)
-    sa.add_argument("--grid", choices=config_lib.GRIDS)
-    sa.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = conditional)")
+    sa.add_argument("--num-samples", type=int, help="sampling.num_samples")
+    sa.add_argument("--steps", type=int, help="sampling.steps: chain steps K")
+    sa.add_argument("--solver", choices=SOLVERS, help="sampling.solver")
+    sa.add_argument("--grid", choices=GRIDS, help="sampling.grid")
+    sa.add_argument("--guidance", type=float, help="sampling.guidance: classifier-free guidance (1 = conditional)")
     sa.add_argument("--seed", type=int)
+    sa.add_argument("--set", dest="overrides", action="append", default=[], metavar="sampling.FIELD=VALUE",
+                    help="any sampling field, e.g. --set sampling.s_churn=40 for --solver edm_stochastic")
     sa.add_argument("--class", dest="class_label", type=int,
                     help="draw every sample of this class (default: a balanced grid over the classes)")
     sa.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npz (images, labels)")
@@ -61,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--seeds", default="0,1,2", help="comma-separated sampling seeds")
     ev.add_argument("--num-samples", type=int, help="samples per seed (default: the held-out split's size)")
-    ev.add_argument("--steps", type=int, help="sampler steps K")
-    ev.add_argument("--guidance", type=float)
+    ev.add_argument("--steps", type=int, help="sampling.steps")
+    ev.add_argument("--guidance", type=float, help="sampling.guidance")
     ev.add_argument("--inception-weights", metavar="PATH",
                     help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or an .npz with its keys): adds the "
                          "standard FID (InceptionV3). tfds: datasets default to $DBLOCKS_INCEPTION_WEIGHTS; "
@@ -71,21 +76,26 @@ def _parser() -> argparse.ArgumentParser:
                     help="score freshly initialised blocks of the run's config (the baseline to beat)")
     ev.add_argument("--json", help="also write the result here (default: <workdir>/evaluation.json, "
                                    "evaluation_untrained.json with --untrained)")
+
     asm = sub.add_parser("assemble", help="gather blocks trained in separate runs into one run directory")
     asm.add_argument("--workdir", required=True, action="append", help="a run holding some blocks (repeat)")
     asm.add_argument("--out", required=True, help="the new run directory")
     asm.add_argument("--overwrite", action="store_true")
 
-    be = sub.add_parser("bench", help="measure memory, step time and sampling cost: e2e vs DiffusionBlocks")
-    be.add_argument("--config", default="shapes", help=f"preset: {', '.join(sorted(config_lib.PRESETS))}")
-    be.add_argument("--num-blocks", default="1,2,4", help="comma-separated values of B, e.g. 1,2,3,4,6,8")
+    be = sub.add_parser("bench", help="measure memory, step and compile time, sampling cost: e2e vs DiffusionBlocks")
+    be.add_argument("--config", default="shapes", help=f"preset: {presets}")
+    be.add_argument("--num-blocks", default="1,2,4", help="comma-separated values of B, e.g. 1,2,3,4,6,12")
     be.add_argument("--modes", default=None, help="comma-separated subset of: e2e, e2e-remat, db-sequential, "
                                                   "db-interleaved, db-remat (default: all)")
-    be.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    be.add_argument("--batch-size", type=int, help="data.batch_size")
     be.add_argument("--time-steps", type=int, default=20, help="timed steps per mode and B (0: memory only)")
     be.add_argument("--sample-steps", type=int, default=0, help="also time the sampler with K steps (0: skip)")
-    be.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    be.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help=set_help)
     be.add_argument("--json", help="write the records here, with a .md table and a .png chart beside it")
+
+    ls = sub.add_parser("list", help="the presets, grouped by task (with --fields: every config field)")
+    ls.add_argument("--fields", action="store_true", help="every config field with its default and role")
     return parser
 
 
@@ -99,41 +109,28 @@ def _int_list(flag: str, text: str) -> tuple[int, ...]:
     return values
 
 
-def run_bench(args: argparse.Namespace) -> None:
-    from dblocks_jax import bench
-
-    overrides = config_lib.parse_overrides(args.overrides)
-    if args.batch_size is not None:
-        overrides["batch_size"] = args.batch_size
-    config = config_lib.get_config(args.config, **overrides)
-    modes = tuple(m.strip() for m in args.modes.split(",")) if args.modes else bench.MODES
-    if args.time_steps < 0 or args.sample_steps < 0:
-        raise ValueError("--time-steps and --sample-steps must be >= 0")
-    settings = bench.BenchSettings(num_blocks=_int_list("--num-blocks", args.num_blocks), modes=modes,
-                                   time_steps=args.time_steps, sample_steps=args.sample_steps)
-    bench.plan_runs(config, settings)  # every mode and B validated before anything compiles
-    records = bench.run_bench(config, settings)
-    print(bench.markdown_table(records))
-    if args.json:
-        table, chart = bench.write_results(records, args.json)
-        print(f"wrote {args.json}, {table}, {chart}")
+def _flags(args: argparse.Namespace, mapping: dict[str, str]) -> dict:
+    return {path: getattr(args, flag) for flag, path in mapping.items() if getattr(args, flag, None) is not None}
 
 
 def train_config(args: argparse.Namespace) -> config_lib.Config:
     overrides = config_lib.parse_overrides(args.overrides)
-    for flag, field in (("num_blocks", "num_blocks"), ("steps", "steps"), ("schedule", "schedule"), ("seed", "seed")):
-        if getattr(args, flag) is not None:
-            overrides[field] = getattr(args, flag)
-    return config_lib.get_config(args.config, **overrides)
+    overrides.update(_flags(args, {"num_blocks": "model.num_blocks", "steps": "optim.steps",
+                                   "schedule": "schedule.name", "seed": "run.seed"}))
+    return config_lib.get_config(args.config, overrides)
 
 
-def sample_config(args: argparse.Namespace) -> config_lib.Config:
-    """The run's saved config with the sampling flags applied."""
-    from dblocks_jax import training
-
-    flags = {"num_samples": args.num_samples, "sample_steps": args.steps, "solver": args.solver,
-             "grid": args.grid, "guidance": args.guidance, "seed": args.seed}
-    return training.read_runs_config(args.workdir, **{k: v for k, v in flags.items() if v is not None})
+def sampling_overrides(args: argparse.Namespace) -> dict:
+    """The sample command's overrides: only sampling fields may change after training."""
+    overrides = config_lib.parse_overrides(getattr(args, "overrides", []))
+    roles = {p: f.metadata["role"] for p, (_, f) in leaves(config_lib.Config()).items()}
+    fixed = [p for p in overrides if roles[p] != SAMPLING]
+    if fixed:
+        raise ValueError(f"sample may change sampling fields only; {', '.join(fixed)} defined the training")
+    overrides.update(_flags(args, {"num_samples": "sampling.num_samples", "steps": "sampling.steps",
+                                   "solver": "sampling.solver", "grid": "sampling.grid",
+                                   "guidance": "sampling.guidance"}))
+    return overrides
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -141,17 +138,19 @@ def run_train(args: argparse.Namespace) -> None:
     blocks = _int_list("--blocks", args.blocks) if args.blocks else None
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
-    from dblocks_jax import parallel, training
+    from dblocks_jax import runs
+    from dblocks_jax.engine.distributed import initialize_distributed
 
-    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    workdir = args.workdir or training.default_workdir(config)
-    which = f"blocks {','.join(map(str, blocks))} of {config.num_blocks}" if blocks else f"{config.num_blocks} block(s)"
-    depth = config.layer_split.replace(",", "-") if config.uneven else config.layers_per_block
-    print(f"training {which} x {depth} layers on {config.dataset}, "
-          f"{config.schedule} schedule, {config.steps} steps per block -> {workdir}", flush=True)
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    workdir = args.workdir or runs.default_workdir(config)
+    m = config.model
+    which = f"blocks {','.join(map(str, blocks))} of {m.num_blocks}" if blocks else f"{m.num_blocks} block(s)"
+    depth = m.layer_split.replace(",", "-") if m.uneven else m.layers_per_block
+    print(f"{config.task}: training {which} x {depth} layers on {config.data.dataset}, {config.schedule.name} "
+          f"schedule, {config.optim.steps} steps per block -> {workdir}", flush=True)
     start = time.perf_counter()
-    result = training.train(config, workdir, overwrite=args.overwrite, resume=args.resume, blocks=blocks,
-                            progress=not args.no_progress)
+    result = runs.train(config, workdir, overwrite=args.overwrite, resume=args.resume, blocks=blocks,
+                        progress=not args.no_progress)
     losses = ", ".join(f"{loss:.4f}" for loss in result.final_loss if not math.isnan(loss))
     print(f"done in {time.perf_counter() - start:.0f} s; final loss per block: {losses or 'n/a (resumed at the end)'}")
     if os.path.exists(os.path.join(workdir, "samples.png")) and all(p is not None for p in result.params):
@@ -162,9 +161,9 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_assemble(args: argparse.Namespace) -> None:
-    from dblocks_jax import training
+    from dblocks_jax import runs
 
-    sources = training.assemble(args.workdir, args.out, overwrite=args.overwrite)
+    sources = runs.assemble(args.workdir, args.out, overwrite=args.overwrite)
     for b, workdir in sources.items():
         print(f"block {b}: {workdir}")
     print(f"wrote {args.out}; sample it with `dblocks sample --workdir {args.out} --out samples.png`")
@@ -173,36 +172,36 @@ def run_assemble(args: argparse.Namespace) -> None:
 def run_sample(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from dblocks_jax import training
-    from dblocks_jax.plotting import save_image_grid
+    from dblocks_jax import runs
+    from dblocks_jax.evaluation.plots import save_image_grid
 
     if not args.out.endswith((".png", ".npz")):
         raise ValueError(f"--out must end in .png or .npz, got {args.out!r}")
-    config = sample_config(args)
-    trainer = training.BlockTrainer(config)
-    params, _ = training.restore_run(args.workdir, trainer)
+    task, params, _ = runs.load_run(args.workdir, sampling_overrides(args))
+    s = task.config.sampling
     labels = None
     if args.class_label is not None:
-        if not 0 <= args.class_label < config.num_classes:
-            raise ValueError(f"--class {args.class_label}; allowed: 0..{config.num_classes - 1} for this run "
-                             f"(class-conditional: {config.class_conditional})")
-        labels = np.full(config.num_samples, args.class_label, np.int32)
-    images, labels = training.sample_from_config(config, trainer.model, params, labels=labels)
+        if not 0 <= args.class_label < task.num_classes:
+            raise ValueError(f"--class {args.class_label}; allowed: 0..{task.num_classes - 1} for this run "
+                             f"(model.class_conditional: {task.config.model.class_conditional})")
+        labels = np.full(s.num_samples, args.class_label, np.int32)
+    images, labels = task.samples(params, labels=labels, seed=args.seed)
     if args.out.endswith(".png"):
-        save_image_grid(args.out, images, num_cols=int(np.ceil(np.sqrt(len(images)))))
+        save_image_grid(args.out, images)
     else:
         np.savez(args.out, images=images, labels=labels if labels is not None else np.zeros(0, np.int32))
-    print(f"wrote {config.num_samples} samples ({config.solver}, {config.sample_steps} steps, {config.grid} grid, "
-          f"guidance {config.guidance}) to {args.out}")
+    print(f"wrote {s.num_samples} samples ({s.solver}, {s.steps} steps, {s.grid} grid, guidance {s.guidance}) "
+          f"to {args.out}")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from dblocks_jax import metrics
+    from dblocks_jax.tasks.image_generation_eval import evaluate_run
 
-    overrides = {k: v for k, v in (("sample_steps", args.steps), ("guidance", args.guidance)) if v is not None}
-    result = metrics.evaluate_run(args.workdir, seeds=_int_list("--seeds", args.seeds),
-                                  num_samples=args.num_samples, overrides=overrides, untrained=args.untrained,
-                                  inception_weights=args.inception_weights)
+    overrides = _flags(args, {"steps": "sampling.steps", "guidance": "sampling.guidance"})
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ValueError(f"--num-samples {args.num_samples}; allowed: an integer >= 1")
+    result = evaluate_run(args.workdir, seeds=_int_list("--seeds", args.seeds), num_samples=args.num_samples,
+                          overrides=overrides, untrained=args.untrained, inception_weights=args.inception_weights)
     default_name = "evaluation_untrained.json" if args.untrained else "evaluation.json"
     path = args.json or os.path.join(args.workdir, default_name)
     with open(path, "w") as f:
@@ -222,11 +221,45 @@ def run_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def run_bench(args: argparse.Namespace) -> None:
+    from dblocks_jax.engine import bench
+    from dblocks_jax.evaluation import bench_report
+    from dblocks_jax.tasks import make_task
+
+    # Every mode sets its own B: the preset's num_blocks (and its layer split) must not make the
+    # base config invalid for a --set that only the benched Bs satisfy.
+    overrides = {"model.num_blocks": 1, "model.layer_split": "", **config_lib.parse_overrides(args.overrides)}
+    if args.batch_size is not None:
+        overrides["data.batch_size"] = args.batch_size
+    config = config_lib.get_config(args.config, overrides)
+    modes = tuple(m.strip() for m in args.modes.split(",")) if args.modes else bench.MODES
+    if args.time_steps < 0 or args.sample_steps < 0:
+        raise ValueError("--time-steps and --sample-steps must be >= 0")
+    settings = bench.BenchSettings(num_blocks=_int_list("--num-blocks", args.num_blocks), modes=modes,
+                                   time_steps=args.time_steps, sample_steps=args.sample_steps)
+    bench.plan_runs(config, settings)  # every mode and B validated before anything compiles
+    records = bench.run_bench(config, make_task, settings)
+    print(bench_report.markdown_table(records))
+    if args.json:
+        table, chart = bench_report.write_results(records, args.json)
+        print(f"wrote {args.json}, {table}, {chart}")
+
+
+def run_list(args: argparse.Namespace) -> None:
+    print(config_lib.describe_presets())
+    if args.fields:
+        types = field_types(config_lib.Config)
+        print("\nfields (section.field: type = default [role]):")
+        for path, (value, f) in leaves(config_lib.Config()).items():
+            doc = f.metadata.get("doc")
+            print(f"  {path}: {types[path].__name__} = {value!r} [{f.metadata['role']}]" + (f"  {doc}" if doc else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "bench": run_bench,
+                "assemble": run_assemble, "list": run_list}
     try:
-        commands = {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "bench": run_bench,
-                    "assemble": run_assemble}
         commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"dblocks {args.command}: error: {err}", file=sys.stderr)

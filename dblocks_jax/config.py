@@ -1,86 +1,87 @@
-"""Typed, frozen run configuration, named presets and `field=value` overrides.
+"""The run configuration: frozen sections, named presets, `--set section.field=value` overrides.
 
-One flat dataclass so that every knob can be set the same way from Python
-(`get_config("shapes", num_blocks=2)`) and from the CLI (`--set num_blocks=2`). Validation runs in
-`__post_init__`, so a bad value fails with the field's name and the allowed values before JAX
-traces or compiles anything.
+`Config` composes the engine's sections (`partition`, `optim`, `schedule`, `sampling`, `run`,
+from `dblocks_jax.engine.settings`) with the task-level ones defined here (`data`, `model`,
+`noise`), and names the task. Every field declares its role next to it (see `engine.settings`):
+resume, assembly and the experiment sweeps read roles from there. Validation is pure (no I/O):
+a bad value fails with its path and the allowed values before JAX traces or compiles anything;
+what needs I/O (a TFDS dataset's metadata) is checked when the task opens its data, still
+before compiling.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from typing import Any
 
-from dblocks_jax import data
+from dblocks_jax.engine import settings
+from dblocks_jax.engine.settings import (ASSEMBLY, IDENTITY, OptimConfig, PartitionConfig, RunConfig, SamplingConfig,
+                                         ScheduleConfig, Section, require, section, setting)
 
-PARTITIONS = ("equiprobable", "uniform_log")
-SCHEDULES = ("interleaved", "sequential", "parallel")
-SOLVERS = ("euler", "heun")
-GRIDS = ("equiprobable", "karras")
+FORMAT = 2  # of config.json; 1 was the flat config of dblocks-jax 0.1
 DTYPES = ("float32", "bfloat16")
+TASKS = ("image_generation",)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Everything that defines a run. `steps` counts optimizer steps *per block* (compute parity,
-    DESIGN.md section 3): an end-to-end run (num_blocks=1) of N steps evaluates every layer
-    N times, and so does a DiffusionBlocks run where each block takes N steps."""
+class DataConfig(Section):
+    _path = "data"
+    dataset: str = setting("shapes", ASSEMBLY, "a bundled dataset (shapes, digits, patterns) or tfds:<name>")
+    image_size: int = setting(16, ASSEMBLY, "every dataset is delivered at this size")
+    batch_size: int = setting(64, IDENTITY, "examples per block step")
 
-    # Data.
-    dataset: str = "shapes"
-    image_size: int = 16
-    # Architecture (DESIGN.md section 3): num_layers in total, num_layers // num_blocks per block.
-    num_layers: int = 8
-    num_blocks: int = 4
-    layer_split: str = ""  # layers per block, e.g. "3,6,3" (the paper's Table 4); empty: num_layers / num_blocks each
-    width: int = 96
-    num_heads: int = 4
-    patch_size: int = 2
-    mlp_ratio: float = 4.0
-    class_conditional: bool = True
-    label_dropout: float = 0.1
-    dtype: str = "float32"  # compute dtype of the matmuls; parameters stay float32
-    remat: bool = False  # jax.checkpoint around every transformer layer
-    # Noise model (DESIGN.md section 2).
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    sigma_data: float = 0.5
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    partition: str = "equiprobable"
-    overlap: float = 0.05
-    # Optimisation: AdamW, linear warmup then cosine decay, global-norm clipping.
-    schedule: str = "interleaved"
-    steps: int = 700
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
-    ema_decay: float = 0.995  # of the parameters that sampling uses; 0 samples from the raw parameters
-    seed: int = 0
-    log_every: int = 50
-    # Block parallelism (schedule="parallel"): a ('block', 'data') device mesh. block_shards devices
-    # split the blocks (0: as many as the devices allow), data_shards devices split each batch.
-    block_shards: int = 0
-    data_shards: int = 1
-    # Checkpoints: every `checkpoint_every` steps of the run (0: only when a block finishes), the
-    # newest `keep_checkpoints` kept per block, so that --resume can fall back past a bad one.
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    # Sampling.
-    sample_steps: int = 50
-    solver: str = "euler"
-    grid: str = "equiprobable"
-    guidance: float = 2.0
-    num_samples: int = 64
+    def check(self):
+        from dblocks_jax.data import dataset_names
 
-    def __post_init__(self):
-        _validate(self)
+        require(self.dataset in dataset_names() or (self.dataset.startswith("tfds:") and len(self.dataset) > 5),
+                self.field("dataset"), self.dataset, f"one of {', '.join(dataset_names())} or tfds:<name>")
+        require(self.image_size >= 1, self.field("image_size"), self.image_size, "an integer >= 1")
+        require(self.batch_size >= 1, self.field("batch_size"), self.batch_size, "an integer >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(Section):
+    """The network cut into blocks: `num_layers` in all, `num_layers / num_blocks` per block, or
+    `layer_split` (e.g. "3,6,3", the paper's uneven splits). B = 1 is the end-to-end baseline."""
+
+    _path = "model"
+    family: str = setting("dit", ASSEMBLY, "network family of a block")
+    num_layers: int = setting(8, ASSEMBLY)
+    num_blocks: int = setting(4, ASSEMBLY, "B (1: end-to-end)")
+    layer_split: str = setting("", ASSEMBLY, "layers per block, e.g. 3,6,3; empty: equal blocks")
+    width: int = setting(96, ASSEMBLY)
+    num_heads: int = setting(4, ASSEMBLY)
+    patch_size: int = setting(2, ASSEMBLY)
+    mlp_ratio: float = setting(4.0, ASSEMBLY)
+    class_conditional: bool = setting(True, ASSEMBLY, "condition on the class (with a null class for guidance)")
+    label_dropout: float = setting(0.1, IDENTITY, "share of training labels replaced by the null class")
+    dtype: str = setting("float32", IDENTITY, "compute dtype of the matmuls; parameters stay float32")
+    remat: bool = setting(False, IDENTITY, "jax.checkpoint around every layer")
+
+    def check(self):
+        require(self.family in ("dit",), self.field("family"), self.family, "dit")
+        require(self.num_blocks >= 1, self.field("num_blocks"), self.num_blocks, "an integer >= 1")
+        require(self.num_layers >= 1, self.field("num_layers"), self.num_layers, "an integer >= 1")
+        if self.layer_split:
+            try:
+                depths = [int(v) for v in self.layer_split.split(",")]
+            except ValueError:
+                depths = []
+            require(len(depths) == self.num_blocks and min(depths, default=0) >= 1
+                    and sum(depths) == self.num_layers, self.field("layer_split"), self.layer_split,
+                    f"{self.num_blocks} comma-separated integers >= 1 that sum to num_layers={self.num_layers}, "
+                    f"e.g. 3,6,3 (or empty: equal blocks)")
+        else:
+            require(self.num_layers % self.num_blocks == 0, self.field("num_layers"), self.num_layers,
+                    f"a multiple of model.num_blocks={self.num_blocks} (every block gets num_layers / num_blocks "
+                    f"layers), or set model.layer_split")
+        require(self.width >= 1 and self.num_heads >= 1 and self.width % self.num_heads == 0, self.field("width"),
+                self.width, f"a positive multiple of model.num_heads={self.num_heads}")
+        require(self.patch_size >= 1, self.field("patch_size"), self.patch_size, "an integer >= 1")
+        require(self.mlp_ratio > 0, self.field("mlp_ratio"), self.mlp_ratio, "a number > 0")
+        require(0.0 <= self.label_dropout < 1.0, self.field("label_dropout"), self.label_dropout, "a number in [0, 1)")
+        require(self.dtype in DTYPES, self.field("dtype"), self.dtype, ", ".join(DTYPES))
 
     @property
     def block_depths(self) -> tuple[int, ...]:
@@ -91,186 +92,176 @@ class Config:
 
     @property
     def layers_per_block(self) -> int:
-        """Layers a block is built with: the deepest block's (DESIGN.md section 3; with an uneven
-        split, shallower blocks skip their extra layers)."""
+        """Layers a block is built with: the deepest block's (shallower blocks skip the rest)."""
         return max(self.block_depths)
 
     @property
     def uneven(self) -> bool:
         return len(set(self.block_depths)) > 1
 
-    @property
-    def dataset_info(self) -> data.DatasetInfo:
-        return data.dataset_info(self.dataset)
 
-    @property
-    def num_classes(self) -> int:
-        """Classes the model is conditioned on; 0 for an unconditional model."""
-        return self.dataset_info.num_classes if self.class_conditional else 0
+@dataclasses.dataclass(frozen=True)
+class NoiseConfig(Section):
+    """EDM's constants (Karras et al. 2022): training levels ln sigma ~ N(p_mean, p_std^2) truncated
+    to [sigma_min, sigma_max]; sigma_data scales the preconditioning."""
+
+    _path = "noise"
+    sigma_min: float = setting(0.002, ASSEMBLY)
+    sigma_max: float = setting(80.0, ASSEMBLY)
+    sigma_data: float = setting(0.5, ASSEMBLY)
+    p_mean: float = setting(-1.2, ASSEMBLY)
+    p_std: float = setting(1.2, ASSEMBLY)
+
+    def check(self):
+        require(0 < self.sigma_min < self.sigma_max, self.field("sigma_min"), self.sigma_min,
+                f"a number in (0, noise.sigma_max={self.sigma_max}), i.e. sigma_min < sigma_max")
+        require(self.sigma_data > 0, self.field("sigma_data"), self.sigma_data, "a number > 0")
+        require(self.p_std > 0, self.field("p_std"), self.p_std, "a number > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(Section):
+    """Everything that defines a run. `replace` takes dotted paths: `config.replace(**{"optim.steps": 3})`
+    or `config.override({"optim.steps": 3})`."""
+
+    task: str = setting("image_generation", ASSEMBLY, ", ".join(TASKS))
+    data: DataConfig = section(DataConfig)
+    model: ModelConfig = section(ModelConfig)
+    noise: NoiseConfig = section(NoiseConfig)
+    partition: PartitionConfig = section(PartitionConfig)
+    optim: OptimConfig = section(OptimConfig)
+    schedule: ScheduleConfig = section(ScheduleConfig)
+    sampling: SamplingConfig = section(SamplingConfig)
+    run: RunConfig = section(RunConfig)
+
+    def check(self):
+        require(self.task in TASKS, "task", self.task, ", ".join(TASKS))
+        s = self.schedule
+        require(s.block_shards == 0 or self.model.num_blocks % s.block_shards == 0, "schedule.block_shards",
+                s.block_shards, f"0 (automatic) or a divisor of model.num_blocks={self.model.num_blocks} (every "
+                                f"device trains the same number of blocks)")
+        require(self.data.batch_size % s.data_shards == 0, "schedule.data_shards", s.data_shards,
+                f"a positive divisor of data.batch_size={self.data.batch_size}")
+        from dblocks_jax.tasks import task_class
+
+        task_class(self.task).validate(self)
+
+    def override(self, overrides: dict[str, Any]) -> "Config":
+        check_paths(overrides)
+        return settings.with_overrides(self, overrides)
 
     def replace(self, **overrides: Any) -> "Config":
-        _check_fields(overrides)
-        return dataclasses.replace(self, **overrides)
+        return self.override(overrides)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"format": FORMAT, **dataclasses.asdict(self)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Config":
-        _check_fields(values)
-        return cls(**values)
+    def from_dict(cls, values: dict, source: str = "config") -> "Config":
+        """A config from `to_dict()`'s form. A flat config of dblocks-jax 0.1 (no "format") is
+        refused with what wrote it: its checkpoints hold unstacked layers this version cannot read."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(values).__name__}")
+        values = dict(values)
+        fmt = values.pop("format", 1)
+        if fmt != FORMAT:
+            raise ValueError(f"{source} was written by dblocks-jax 0.1 (flat config format {fmt}); this is "
+                             f"version 0.2 (config format {FORMAT}, scanned layer stacks), which cannot read its "
+                             f"checkpoints. Retrain with this version, or sample it with dblocks-jax 0.1")
+        overrides = {}
+        for name, value in values.items():
+            if isinstance(value, dict):
+                overrides.update({f"{name}.{k}": v for k, v in value.items()})
+            else:
+                overrides[name] = value
+        return cls().override(overrides)
 
 
-# Fields that only affect sampling, logging or checkpoint cadence: a resumed run may change them.
-RESUMABLE_CHANGES = frozenset({"sample_steps", "solver", "grid", "guidance", "num_samples", "log_every",
-                               "checkpoint_every", "keep_checkpoints", "block_shards", "data_shards"})
+def check_paths(overrides: dict[str, Any]) -> None:
+    """Refuse unknown paths; an old flat name gets its new path."""
+    known = settings.field_types(Config)
+    unknown = sorted(set(overrides) - set(known))
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        moved = FLAT_NAMES.get(name) or next((p for p in known if p.endswith("." + name)), None)
+        hints.append(f"{name} (now {moved})" if moved else name)
+    raise ValueError(f"unknown config field(s) {', '.join(hints)}; allowed: {', '.join(sorted(known))}")
 
 
-def config_differences(a: Config, b: Config, ignore=RESUMABLE_CHANGES) -> list[str]:
-    """`field: a -> b` for every field (outside `ignore`) where two configs disagree."""
-    da, db = a.to_dict(), b.to_dict()
-    return [f"{k}: {da[k]!r} -> {db[k]!r}" for k in da if k not in ignore and da[k] != db[k]]
+# Where each field of the flat 0.1 config went (names that did not change their last part are
+# found by suffix).
+FLAT_NAMES = {"dataset": "data.dataset", "image_size": "data.image_size", "batch_size": "data.batch_size",
+              "partition": "partition.strategy", "schedule": "schedule.name", "steps": "optim.steps",
+              "seed": "run.seed", "sample_steps": "sampling.steps", "solver": "sampling.solver",
+              "grid": "sampling.grid", "guidance": "sampling.guidance", "num_samples": "sampling.num_samples"}
 
 
-def get_config(name: str, **overrides: Any) -> Config:
-    """The preset called `name`, with `overrides` applied (and validated)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown config preset {name!r}; allowed: {', '.join(sorted(PRESETS))}")
-    return PRESETS[name].replace(**overrides)
+def flat_to_nested(flat: dict) -> dict[str, Any]:
+    """{path: value} of a 0.1 flat config (used to compare old experiment records with new runs)."""
+    known = settings.field_types(Config)
+    out = {}
+    for name, value in flat.items():
+        path = FLAT_NAMES.get(name) or next((p for p in known if p.endswith("." + name)), None)
+        if path is not None:
+            out[path] = value
+    return out
 
 
 def parse_overrides(assignments: list[str]) -> dict[str, Any]:
-    """Parse CLI `field=value` strings into typed values using the dataclass annotations."""
-    types = typing.get_type_hints(Config)
+    """CLI `section.field=value` strings as typed {path: value}."""
+    types = settings.field_types(Config)
     overrides: dict[str, Any] = {}
     for assignment in assignments:
-        field, sep, raw = assignment.partition("=")
-        field = field.strip()
+        path, sep, raw = assignment.partition("=")
+        path = path.strip()
         if not sep:
-            raise ValueError(f"--set expects field=value, got {assignment!r}")
-        _check_fields({field: None})
-        overrides[field] = _parse_value(field, raw.strip(), types[field])
+            raise ValueError(f"--set expects section.field=value, got {assignment!r}")
+        check_paths({path: None})
+        overrides[path] = settings.parse_value(path, raw.strip(), types[path])
     return overrides
 
 
-def _parse_value(field: str, raw: str, kind: type) -> Any:
-    if kind is bool:
-        lowered = raw.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{field} must be a boolean (true/false), got {raw!r}")
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ValueError(f"{field} must be of type {kind.__name__}, got {raw!r}") from None
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    overrides: dict
+
+    @property
+    def config(self) -> Config:
+        return Config().override(self.overrides)
+
+    @property
+    def task(self) -> str:
+        return self.overrides.get("task", Config.task)
 
 
-def _check_fields(values: dict) -> None:
-    names = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown config field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("shapes", "tiny DiT, B = 4, on the embedded shapes dataset: trains on a 2-core CPU in minutes", {}),
+    Preset("cifar10_dit_s", "the paper's DiT-S/2 CIFAR-10 setting (12 layers, width 384, B = 3), for GPU/TPU", {
+        "data.dataset": "tfds:cifar10", "data.image_size": 32, "data.batch_size": 512,
+        "model.num_layers": 12, "model.num_blocks": 3, "model.width": 384, "model.num_heads": 6,
+        "model.patch_size": 2, "optim.learning_rate": 1e-4, "optim.warmup_steps": 0, "optim.steps": 400_000,
+        "optim.ema_decay": 0.9999, "sampling.guidance": 2.0, "run.log_every": 100}),
+)}
 
 
-def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid config: {field}={value!r}; allowed: {allowed}")
+def get_config(name: str, overrides: dict[str, Any] | None = None, **kw: Any) -> Config:
+    """The preset called `name` with {path: value} `overrides` applied (and validated)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown config preset {name!r}; allowed: {', '.join(sorted(PRESETS))}")
+    return Config().override({**PRESETS[name].overrides, **(overrides or {}), **kw})
 
 
-def _validate(c: Config) -> None:
-    types = typing.get_type_hints(Config)
-    for f in dataclasses.fields(c):
-        value, kind = getattr(c, f.name), types[f.name]
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        _require(ok, f.name, value, f"a value of type {kind.__name__}")
-
-    _require(c.dataset in data.dataset_names() or c.dataset.startswith("tfds:"), "dataset", c.dataset,
-             f"one of {', '.join(data.dataset_names())} or tfds:<name>")
-    try:
-        c.dataset_info  # noqa: B018 -- for tfds:<name>, reads the builder's metadata (no download)
-    except ValueError as err:
-        raise ValueError(f"invalid config: dataset={c.dataset!r}; {err}") from None
-    _require(c.image_size >= 1, "image_size", c.image_size, "an integer >= 1")
-    _require(c.num_blocks >= 1, "num_blocks", c.num_blocks, "an integer >= 1 that divides num_layers")
-    _require(c.num_layers >= 1, "num_layers", c.num_layers, "an integer >= 1")
-    if c.layer_split:
-        try:
-            depths = [int(v) for v in c.layer_split.split(",")]
-        except ValueError:
-            depths = []
-        _require(len(depths) == c.num_blocks and min(depths, default=0) >= 1 and sum(depths) == c.num_layers,
-                 "layer_split", c.layer_split, f"{c.num_blocks} comma-separated integers >= 1 that sum to "
-                                               f"num_layers={c.num_layers}, e.g. 3,6,3 (or empty: equal blocks)")
-    else:
-        _require(c.num_layers % c.num_blocks == 0, "num_layers", c.num_layers,
-                 f"a multiple of num_blocks={c.num_blocks} (every block gets num_layers / num_blocks layers), "
-                 f"or set layer_split")
-    _require(c.width >= 1 and c.num_heads >= 1 and c.width % c.num_heads == 0, "width", c.width,
-             f"a positive multiple of num_heads={c.num_heads}")
-    _require(c.patch_size >= 1 and c.image_size % c.patch_size == 0, "patch_size", c.patch_size,
-             f"a positive divisor of image_size={c.image_size}")
-    _require(c.mlp_ratio > 0, "mlp_ratio", c.mlp_ratio, "a number > 0")
-    _require(0.0 <= c.label_dropout < 1.0, "label_dropout", c.label_dropout, "a number in [0, 1)")
-    _require(c.dtype in DTYPES, "dtype", c.dtype, ", ".join(DTYPES))
-    _require(0 < c.sigma_min < c.sigma_max, "sigma_min", c.sigma_min,
-             f"a number in (0, sigma_max={c.sigma_max}), i.e. sigma_min < sigma_max")
-    _require(c.sigma_data > 0, "sigma_data", c.sigma_data, "a number > 0")
-    _require(c.p_std > 0, "p_std", c.p_std, "a number > 0")
-    _require(c.partition in PARTITIONS, "partition", c.partition, ", ".join(PARTITIONS))
-    _require(0.0 <= c.overlap < 0.5, "overlap", c.overlap, "a number in [0, 0.5)")
-    _require(c.schedule in SCHEDULES, "schedule", c.schedule, ", ".join(SCHEDULES))
-    _require(c.steps >= 1, "steps", c.steps, "an integer >= 1")
-    _require(c.batch_size >= 1, "batch_size", c.batch_size, "an integer >= 1")
-    _require(c.learning_rate > 0, "learning_rate", c.learning_rate, "a number > 0")
-    _require(c.warmup_steps >= 0, "warmup_steps", c.warmup_steps, "an integer >= 0")
-    _require(c.weight_decay >= 0, "weight_decay", c.weight_decay, "a number >= 0")
-    _require(c.grad_clip > 0, "grad_clip", c.grad_clip, "a number > 0")
-    _require(0 <= c.adam_b1 < 1, "adam_b1", c.adam_b1, "a number in [0, 1)")
-    _require(0 <= c.adam_b2 < 1, "adam_b2", c.adam_b2, "a number in [0, 1)")
-    _require(0 <= c.ema_decay < 1, "ema_decay", c.ema_decay, "a number in [0, 1) (0 disables the EMA)")
-    _require(c.log_every >= 1, "log_every", c.log_every, "an integer >= 1")
-    _require(c.block_shards >= 0 and (c.block_shards == 0 or c.num_blocks % c.block_shards == 0), "block_shards",
-             c.block_shards, f"0 (automatic) or a divisor of num_blocks={c.num_blocks} (every device trains "
-                             f"the same number of blocks)")
-    _require(c.data_shards >= 1 and c.batch_size % c.data_shards == 0, "data_shards", c.data_shards,
-             f"a positive divisor of batch_size={c.batch_size}")
-    _require(c.schedule == "parallel" or (c.block_shards in (0, 1) and c.data_shards == 1), "schedule", c.schedule,
-             f"'parallel' when block_shards={c.block_shards} or data_shards={c.data_shards} asks for a device mesh")
-    _require(c.checkpoint_every >= 0, "checkpoint_every", c.checkpoint_every, "an integer >= 0 (0: at block ends)")
-    _require(c.keep_checkpoints >= 1, "keep_checkpoints", c.keep_checkpoints, "an integer >= 1")
-    _require(c.sample_steps >= 1, "sample_steps", c.sample_steps, "an integer >= 1")
-    _require(c.solver in SOLVERS, "solver", c.solver, ", ".join(SOLVERS))
-    _require(c.grid in GRIDS, "grid", c.grid, ", ".join(GRIDS))
-    _require(c.guidance >= 0, "guidance", c.guidance, "a number >= 0 (1 = plain conditional sampling)")
-    _require(c.num_samples >= 1, "num_samples", c.num_samples, "an integer >= 1")
-
-
-PRESETS: dict[str, Config] = {
-    # Tiny DiT (8 layers, width 96) on the embedded shapes dataset: B = 4 trains on a 2-core CPU in
-    # about 6 minutes and draws recognisable shapes (README, "Quickstart").
-    "shapes": Config(),
-    # The paper's DiT-S/2 CIFAR-10 setting (DESIGN.md section 6), for GPU/TPU.
-    "cifar10_dit_s": Config(
-        dataset="tfds:cifar10",
-        image_size=32,
-        num_layers=12,
-        num_blocks=3,
-        width=384,
-        num_heads=6,
-        patch_size=2,
-        batch_size=512,
-        learning_rate=1e-4,
-        warmup_steps=0,
-        steps=400_000,
-        guidance=2.0,
-        ema_decay=0.9999,
-        log_every=100,
-    ),
-}
+def describe_presets() -> str:
+    """The presets grouped by task, one line each (`dblocks list`)."""
+    lines = []
+    for task in TASKS:
+        lines.append(f"{task}:")
+        lines.extend(f"  {p.name:<16} {p.description}" for p in PRESETS.values() if p.task == task)
+    return "\n".join(lines)

@@ -2,7 +2,7 @@
 
     python experiments/quality_b4.py [--runs runs/quality] [--num-samples 512] [--seeds 0,1,2]
 
-For each dataset: trains the `shapes` preset with `dataset=<name>` (700 steps per block) unless
+For each dataset: trains the `shapes` preset with `data.dataset=<name>` (700 steps per block) unless
 <runs>/<name>_B4 already holds a run, then evaluates the trained blocks and freshly initialised
 blocks of the same config. Writes experiments/results/quality/<name>_B4_{trained,untrained}.json
 and prints the markdown table quoted in the README.
@@ -12,7 +12,8 @@ import argparse
 import json
 import os
 
-from dblocks_jax import data, get_config, metrics, train
+from dblocks_jax import data, get_config, train
+from dblocks_jax.tasks.image_generation_eval import evaluate_run
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "quality")
 
@@ -29,10 +30,10 @@ def main() -> None:
     for name in data.dataset_names():
         workdir = os.path.join(args.runs, f"{name}_B4")
         if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-            train(get_config("shapes", dataset=name), workdir)
+            train(get_config("shapes", {"data.dataset": name}), workdir)
         scores = {}
         for label, untrained in (("trained", False), ("untrained", True)):
-            result = metrics.evaluate_run(workdir, seeds=seeds, num_samples=args.num_samples, untrained=untrained)
+            result = evaluate_run(workdir, seeds=seeds, num_samples=args.num_samples, untrained=untrained)
             with open(os.path.join(RESULTS, f"{name}_B4_{label}.json"), "w") as f:
                 json.dump(result, f, indent=1)
             scores[label] = result

@@ -8,24 +8,24 @@ quality should agree; memory should not. Interleaved points reuse the block swee
 parameters. Writes experiments/results/schedules/.
 """
 
-from dblocks_jax import sweeps
+import sweep
 
 
-def points(scale: sweeps.Scale) -> list[sweeps.Point]:
-    b = scale.config().num_blocks
-    return [sweeps.Point(f"B{b}_{s}", {"B": b, "schedule": s}, {"schedule": s})
+def points(scale: sweep.Scale) -> list[sweep.Point]:
+    b = scale.config().model.num_blocks
+    return [sweep.Point(f"B{b}_{s}", {"B": b, "schedule": s}, {"schedule.name": s})
             for s in ("interleaved", "sequential")]
 
 
-EXPERIMENT = sweeps.Experiment(
+EXPERIMENT = sweep.Experiment(
     name="schedules", description=__doc__.splitlines()[0], points=points,
     table_metrics=("frechet_distance", "conditional_accuracy", "train_memory_mib", "train_time_s", "final_loss"),
     plots=(
-        sweeps.Plot("schedules.png", x="schedule",
-                    metrics=("frechet_distance", "conditional_accuracy", "train_memory_mib", "train_time_s"),
-                    title="interleaved vs sequential at equal compute"),
+        sweep.Plot("schedules.png", x="schedule",
+                   metrics=("frechet_distance", "conditional_accuracy", "train_memory_mib", "train_time_s"),
+                   title="interleaved vs sequential at equal compute"),
     ),
 )
 
 if __name__ == "__main__":
-    sweeps.main(EXPERIMENT)
+    sweep.main(EXPERIMENT)

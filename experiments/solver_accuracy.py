@@ -6,8 +6,8 @@ Prints a markdown table of RMS errors for Euler and Heun on both sigma grids at 
 network evaluations (Heun with K steps costs 2K + 1 evaluations, Euler with 2K steps 2K + 1).
 """
 
-from dblocks_jax.analytic import solver_error
-from dblocks_jax.sampling import evaluations_per_sample
+from dblocks_jax.engine.reference import solver_error
+from dblocks_jax.engine.solvers import evaluations_per_sample
 
 
 def main() -> None:

@@ -7,32 +7,32 @@ Sampling only: every point samples the model that the block sweep trains at the 
 Heun with K steps both cost 2K + 1 evaluations of D. Writes experiments/results/solvers/.
 """
 
-from dblocks_jax import sweeps
+import sweep
 
 HEUN_STEPS = {"tiny": (2, 4), "small": (3, 6, 12, 24), "paper": (5, 10, 25, 50)}
 
 
-def points(scale: sweeps.Scale) -> list[sweeps.Point]:
+def points(scale: sweep.Scale) -> list[sweep.Point]:
     out = []
     for grid in ("equiprobable", "karras"):
         for k in HEUN_STEPS.get(scale.name, HEUN_STEPS["small"]):
             evals = 2 * k + 1
             for solver, steps in (("euler", 2 * k), ("heun", k)):
-                out.append(sweeps.Point(f"{grid}_{solver}_K{steps}",
-                                        {"grid": grid, "solver": solver, "steps": steps, "evals": evals},
-                                        {"grid": grid, "solver": solver, "sample_steps": steps}))
+                out.append(sweep.Point(f"{grid}_{solver}_K{steps}",
+                                       {"grid": grid, "solver": solver, "steps": steps, "evals": evals},
+                                       {"sampling.grid": grid, "sampling.solver": solver, "sampling.steps": steps}))
     return out
 
 
-EXPERIMENT = sweeps.Experiment(
+EXPERIMENT = sweep.Experiment(
     name="solvers", description=__doc__.splitlines()[0], points=points,
     table_metrics=("frechet_distance", "conditional_accuracy", "network_evals", "sample_time_s"),
     plots=(
-        sweeps.Plot("quality_vs_evals.png", x="evals", metrics=("frechet_distance", "conditional_accuracy"),
-                    series="solver", facet="grid", logx=True, logy=("frechet_distance",),
-                    title="sample quality vs network evaluations per sample (Euler 2K steps, Heun K steps)"),
+        sweep.Plot("quality_vs_evals.png", x="evals", metrics=("frechet_distance", "conditional_accuracy"),
+                   series="solver", facet="grid", logx=True, logy=("frechet_distance",),
+                   title="sample quality vs network evaluations per sample (Euler 2K steps, Heun K steps)"),
     ),
 )
 
 if __name__ == "__main__":
-    sweeps.main(EXPERIMENT)
+    sweep.main(EXPERIMENT)

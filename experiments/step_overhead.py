@@ -9,18 +9,17 @@ returns the same state. B x this fixed cost is what one end-to-end-equivalent Di
 pays on top of end-to-end training.
 """
 
-import dataclasses
+import copy
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from dblocks_jax import data, get_config
-from dblocks_jax.model import DiT
-from dblocks_jax.training import BlockState, BlockTrainer, ema_decay_at
+from dblocks_jax import data, get_config, make_task
+from dblocks_jax.engine.trainer import BlockTrainer, spec_of
+from dblocks_jax.models.dit import DiT
 
 
 def median_ms(fn, repeats: int = 30) -> float:
@@ -34,34 +33,32 @@ def median_ms(fn, repeats: int = 30) -> float:
 
 
 def main() -> None:
-    config = get_config("shapes", num_blocks=8)  # 8 layers / 8 blocks: one layer per block
-    trainer = BlockTrainer(config)
-    images, labels = (jnp.asarray(a) for a in data.make_shapes(config.batch_size, config.image_size, seed=0))
-    info = config.dataset_info
+    config = get_config("shapes", {"model.num_blocks": 8})  # 8 layers / 8 blocks: one layer per block
+    task = make_task(config)
+    trainer = BlockTrainer(task)
+    images, labels = data.make_shapes(config.data.batch_size, config.data.image_size, seed=0)
+    batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
 
     state = [trainer.init_state(0)]
 
     def full_step():
-        state[0], step_metrics = trainer.train_step(state[0], images, labels, 0, 5)
+        state[0], step_metrics = trainer.train_step(state[0], batch, 0, 5)
         return step_metrics
 
-    # The same block with no transformer layer: its embeddings, head and loss alone.
-    no_layers = DiT(image_size=config.image_size, channels=info.channels, patch_size=config.patch_size,
-                    width=config.width, depth=0, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio,
-                    num_classes=config.num_classes, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(no_layers, nnx.Param)
-    head_only = dataclasses.replace(trainer.model, graphdef=graphdef, abstract_params=params)
-    loss_grad = jax.jit(jax.value_and_grad(head_only.loss))
+    # The same block with no transformer layer: its embeddings, head and loss alone (the step's
+    # draw of noise levels, noise and label dropout included, as in the full step).
+    m = config.model
+    no_layers = DiT(image_size=config.data.image_size, channels=task.info.channels, patch_size=m.patch_size,
+                    width=m.width, depth=0, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+                    num_classes=task.num_classes, rngs=nnx.Rngs(0))
+    head_only = copy.copy(task)
+    head_only.graphdef, params = nnx.split(no_layers, nnx.Param)
+    spec = spec_of(batch)
+    loss_grad = jax.jit(jax.value_and_grad(
+        lambda p, key, batch: jnp.mean(head_only.loss(p, batch, head_only.draw(key, 0, spec), 0))))
 
-    def update(s: BlockState, grads):
-        updates, opt_state = trainer.optimizer.update(grads, s.opt_state, s.params)
-        new_params = optax.apply_updates(s.params, updates)
-        decay = ema_decay_at(config.ema_decay, 5)
-        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, s.ema, new_params)
-        finite = jnp.isfinite(optax.global_norm(grads))
-        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), BlockState(new_params, opt_state, ema), s)
-
-    update = jax.jit(update, donate_argnums=0)
+    # The optimizer, EMA and NaN guard of one block (the step's own `apply_gradients`).
+    update = jax.jit(lambda s, grads: trainer.apply_gradients(s, jnp.float32(0.0), grads, 5)[0], donate_argnums=0)
     grads = jax.tree.map(jnp.ones_like, trainer.init_state(1).params)
     update_state = [trainer.init_state(2)]
 
@@ -73,15 +70,15 @@ def main() -> None:
     noop_state = [trainer.init_state(3)]
 
     def dispatch_only():
-        noop_state[0] = noop(noop_state[0], images, labels, 0, 5)
+        noop_state[0] = noop(noop_state[0], batch, 0, 5)
         return noop_state[0]
 
     rows = [("full training step, 1 transformer layer", median_ms(full_step)),
             ("embeddings + head + loss, no layer (fwd + bwd)",
-             median_ms(lambda: loss_grad(params, jax.random.key(0), 0, images, labels))),
+             median_ms(lambda: loss_grad(params, jax.random.key(0), batch))),
             ("optimizer + EMA + NaN guard", median_ms(update_only)),
             ("dispatch of the step's state (jitted no-op)", median_ms(dispatch_only))]
-    print(f"device: {jax.devices()[0].device_kind}, shapes preset, batch {config.batch_size}, "
+    print(f"device: {jax.devices()[0].device_kind}, shapes preset, batch {config.data.batch_size}, "
           f"{len(jax.tree.leaves(state[0]))} state leaves")
     print("| part | ms |\n| --- | ---: |")
     for name, ms in rows:

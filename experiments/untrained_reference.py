@@ -12,34 +12,36 @@ import argparse
 import os
 
 import jax
+import sweep
 
-from dblocks_jax import sweeps, training
+from dblocks_jax import make_task
+from dblocks_jax.engine.trainer import BlockTrainer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", default="small", choices=sorted(sweeps.SCALES))
+    parser.add_argument("--scale", default="small", choices=sorted(sweep.SCALES))
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args()
-    scale = sweeps.get_scale(args.scale)
+    scale = sweep.get_scale(args.scale)
     seeds = [int(s) for s in args.seeds.split(",")]
-    caches = sweeps._Caches(scale.classifier_steps)
+    caches = sweep.Caches(scale.classifier_steps)
     rows, all_records = [], []
     for dataset in scale.datasets:
         records = []
         for seed in seeds:
-            config = scale.config(dataset=dataset, seed=seed)
-            trainer = training.BlockTrainer(config)
-            params = [jax.device_get(trainer.init_state(b).ema) for b in range(config.num_blocks)]
-            quality, sampling = sweeps.sample_and_score(config, params, caches.classifier(config),
-                                                        caches.reference(config))
-            records.append({"point": dataset, "params": {"dataset": dataset, "B": config.num_blocks}, "seed": seed,
-                            "quality": quality, "sampling": sampling, "config": config.to_dict()})
-        rows.extend(sweeps.aggregate(records, ("frechet_distance", "conditional_accuracy")))
+            config = scale.config({"data.dataset": dataset, "run.seed": seed})
+            trainer = BlockTrainer(make_task(config))
+            params = [jax.device_get(trainer.init_state(b).ema) for b in range(config.model.num_blocks)]
+            quality, sampling = sweep.sample_and_score(config, params, caches.classifier(config),
+                                                       caches.reference(config))
+            records.append({"point": dataset, "params": {"dataset": dataset, "B": config.model.num_blocks},
+                            "seed": seed, "quality": quality, "sampling": sampling, "config": config.to_dict()})
+        rows.extend(sweep.aggregate(records, ("frechet_distance", "conditional_accuracy")))
         all_records.extend(records)
-    path = os.path.join(sweeps.default_out_dir("blocks", "small"), f"untrained_{scale.name}.json")
-    sweeps.write_json_atomic(path, {"scale": scale.name, "rows": rows, "records": all_records})
-    print(sweeps.markdown_table(rows, ("frechet_distance", "conditional_accuracy")))
+    path = os.path.join(sweep.default_out_dir("blocks", "small"), f"untrained_{scale.name}.json")
+    sweep.write_json_atomic(path, {"scale": scale.name, "rows": rows, "records": all_records})
+    print(sweep.markdown_table(rows, ("frechet_distance", "conditional_accuracy")))
 
 
 if __name__ == "__main__":

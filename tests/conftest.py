@@ -8,15 +8,37 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import pytest  # noqa: E402
 
-from dblocks_jax.config import get_config  # noqa: E402
+from dblocks_jax.config import Config, get_config  # noqa: E402
+from dblocks_jax.engine.settings import field_types  # noqa: E402
+
+_PATHS = {}
+for _path in field_types(Config):
+    _PATHS.setdefault(_path.rsplit(".", 1)[-1], []).append(_path)
+# Short names for the tests: a field's last part where it is unique ("width" -> "model.width"),
+# the section-qualified path otherwise.
+SHORT = {name: paths[0] for name, paths in _PATHS.items() if len(paths) == 1}
+SHORT.update(schedule="schedule.name", partition="partition.strategy", sample_steps="sampling.steps",
+             num_samples="sampling.num_samples", steps="optim.steps", grid="sampling.grid",
+             solver="sampling.solver")
 
 
-def tiny_config(**overrides):
+def paths(**fields) -> dict:
+    """{"section.field": value} from short test names (a dotted name passes through)."""
+    return {SHORT.get(k, k): v for k, v in fields.items()}
+
+
+def tiny_config(**fields):
     """A DiT small enough that a train step compiles and runs in well under a second on a CPU."""
     settings = dict(image_size=8, width=32, num_heads=2, num_layers=4, num_blocks=2, patch_size=2,
                     batch_size=16, steps=4, warmup_steps=2, log_every=2, num_samples=6, sample_steps=4)
-    settings.update(overrides)
-    return get_config("shapes", **settings)
+    settings.update(fields)
+    return get_config("shapes", paths(**settings))
+
+
+def tiny_task(**fields):
+    from dblocks_jax import make_task
+
+    return make_task(tiny_config(**fields))
 
 
 @pytest.fixture

@@ -4,13 +4,15 @@ import os
 import pytest
 from conftest import tiny_config
 
-from dblocks_jax import bench, cli
-from dblocks_jax.training import BlockTrainer
+from dblocks_jax import cli, make_task
+from dblocks_jax.engine import bench
+from dblocks_jax.evaluation import bench_report
+from dblocks_jax.engine.trainer import BlockTrainer
 
 
 def peak(mode, num_blocks, **overrides):
     config = bench.mode_config(tiny_config(num_layers=8, batch_size=32, **overrides), mode, num_blocks)
-    return bench.step_memory(bench.compile_step(BlockTrainer(config)))["step_peak"]
+    return bench.step_memory(bench.compile_step(BlockTrainer(make_task(config)))[0])["step_peak"]
 
 
 def test_sequential_blocks_need_far_less_memory_than_end_to_end():
@@ -23,18 +25,18 @@ def test_sequential_blocks_need_far_less_memory_than_end_to_end():
 def test_bench_records_have_every_field(tmp_path):
     settings = bench.BenchSettings(num_blocks=(2,), time_steps=2, warmup_steps=1, sample_steps=2,
                                    sample_batch=2, sample_repeats=1)
-    records = bench.run_bench(tiny_config(batch_size=4, num_layers=2), settings, progress=False)
+    records = bench.run_bench(tiny_config(batch_size=4, num_layers=2), make_task, settings, progress=False)
     assert sorted((r["mode"], r["num_blocks"]) for r in records) == sorted(
         [("e2e", 1), ("e2e-remat", 1), ("db-sequential", 2), ("db-interleaved", 2), ("db-remat", 2)])
     for r in records:
         assert {"mode", "num_blocks", "layers_per_block", "batch_size", "device", "platform", "jax_version",
                 "params_per_block", "memory_bytes", "analytic_bytes", "flops_per_step", "config", "step_time_s",
                 "step_times_s", "e2e_equivalent_time_s", "achieved_flops_per_s", "mfu", "model_flops_per_step",
-                "analytic_is_fit"} <= set(r)
+                "analytic_is_fit", "compile_s", "task"} <= set(r)
         m = r["memory_bytes"]
         assert set(m) == {"argument", "output", "alias", "temp", "step_peak", "resident_state", "total_peak"}
         assert m["step_peak"] == m["argument"] + m["output"] - m["alias"] + m["temp"]
-        assert len(r["step_times_s"]) == 2 and r["flops_per_step"] > 0
+        assert len(r["step_times_s"]) == 2 and r["flops_per_step"] > 0 and r["compile_s"] > 0
     by_mode = {r["mode"]: r for r in records}
     assert by_mode["e2e-remat"]["flops_per_step"] > by_mode["e2e"]["flops_per_step"]  # recompute is counted
     assert by_mode["e2e-remat"]["model_flops_per_step"] == by_mode["e2e"]["flops_per_step"]  # but not as work
@@ -46,7 +48,7 @@ def test_bench_records_have_every_field(tmp_path):
     e2e_sampler = next(r for r in records if r["mode"] == "e2e")["sampler"]
     assert e2e_sampler["layer_evals_per_sample"] == 2 * sequential["sampler"]["layer_evals_per_sample"]
 
-    table, chart = bench.write_results(records, str(tmp_path / "out" / "bench.json"))
+    table, chart = bench_report.write_results(records, str(tmp_path / "out" / "bench.json"))
     assert len(json.load(open(tmp_path / "out" / "bench.json"))) == len(records)
     assert open(table).read().count("\n") == len(records) + 2
     assert os.path.getsize(chart) > 0
@@ -54,11 +56,13 @@ def test_bench_records_have_every_field(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--modes", "e2e,fast"], "unknown bench mode 'fast'; allowed: e2e, e2e-remat"),
-    (["--num-blocks", "1,3"], "num_layers=8; allowed: a multiple of num_blocks=3"),
+    (["--num-blocks", "1,3"], "bench mode db-sequential with B=3: invalid config: model.num_layers=8; allowed: a "
+                              "multiple of model.num_blocks=3"),
     (["--num-blocks", "two"], "--num-blocks expects comma-separated integers"),
     (["--time-steps", "-1"], "--time-steps and --sample-steps must be >= 0"),
 ])
 def test_bad_bench_arguments_fail_before_anything_compiles(args, message, monkeypatch, capsys):
     monkeypatch.setattr(bench, "compile_step", lambda *a: pytest.fail("compiled despite bad arguments"))
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("ran despite bad arguments"))
     assert cli.main(["bench", "--config", "shapes", *args]) == 2
     assert message in capsys.readouterr().err

@@ -1,63 +1,113 @@
+"""Config sections: validation names the field path and the allowed values, roles are declared
+once, old flat names are refused with their new path, presets come from one table."""
+
 import dataclasses
+import json
 
 import pytest
 
 from dblocks_jax import PRESETS, Config, get_config
-from dblocks_jax.config import parse_overrides
+from dblocks_jax.config import describe_presets, parse_overrides
+from dblocks_jax.engine import settings
 
 BAD = [
-    (dict(num_layers=6, num_blocks=4), "num_layers", "multiple of num_blocks"),
-    (dict(num_blocks=0), "num_blocks", ">= 1"),
-    (dict(overlap=-0.01), "overlap", r"\[0, 0.5\)"),
-    (dict(overlap=0.5), "overlap", r"\[0, 0.5\)"),
-    (dict(sigma_min=80.0, sigma_max=80.0), "sigma_min", "sigma_min < sigma_max"),
-    (dict(sigma_min=100.0), "sigma_min", "sigma_min < sigma_max"),
-    (dict(batch_size=0), "batch_size", ">= 1"),
-    (dict(schedule="round_robin"), "schedule", "interleaved, sequential"),
-    (dict(partition="linear"), "partition", "equiprobable, uniform_log"),
-    (dict(solver="rk4"), "solver", "euler, heun"),
-    (dict(dataset="imagenet"), "dataset", "shapes"),
-    (dict(width=100, num_heads=3), "width", "multiple of num_heads"),
-    (dict(patch_size=3), "patch_size", "divisor of image_size"),
-    (dict(steps=2.5), "steps", "int"),
+    ({"model.num_layers": 6, "model.num_blocks": 4}, "model.num_layers", "multiple of model.num_blocks"),
+    ({"model.num_blocks": 0}, "model.num_blocks", ">= 1"),
+    ({"partition.overlap": -0.01}, "partition.overlap", r"\[0, 0.5\)"),
+    ({"partition.overlap": 0.5}, "partition.overlap", r"\[0, 0.5\)"),
+    ({"noise.sigma_min": 80.0, "noise.sigma_max": 80.0}, "noise.sigma_min", "sigma_min < sigma_max"),
+    ({"noise.sigma_min": 100.0}, "noise.sigma_min", "sigma_min < sigma_max"),
+    ({"data.batch_size": 0}, "data.batch_size", ">= 1"),
+    ({"schedule.name": "round_robin"}, "schedule.name", "interleaved, sequential"),
+    ({"partition.strategy": "linear"}, "partition.strategy", "equiprobable, uniform_log"),
+    ({"sampling.solver": "rk4"}, "sampling.solver", "euler, heun, edm_stochastic"),
+    ({"data.dataset": "imagenet"}, "data.dataset", "shapes"),
+    ({"model.width": 100, "model.num_heads": 3}, "model.width", "multiple of model.num_heads"),
+    ({"model.patch_size": 3}, "model.patch_size", "divisor of data.image_size"),
+    ({"optim.steps": 2.5}, "optim.steps", "int"),
+    ({"optim.learning_rate": float("inf")}, "optim.learning_rate", "a finite number"),
+    ({"task": "translation"}, "task", "image_generation"),
 ]
 
 
-@pytest.mark.parametrize("overrides,field,allowed", BAD)
-def test_bad_config_names_field_and_allowed_values(overrides, field, allowed):
-    with pytest.raises(ValueError, match=rf"{field}=.*allowed: .*{allowed}"):
-        get_config("shapes", **overrides)
+@pytest.mark.parametrize("overrides,path,allowed", BAD)
+def test_bad_config_names_field_path_and_allowed_values(overrides, path, allowed):
+    with pytest.raises(ValueError, match=rf"{path}=.*allowed: .*{allowed}"):
+        get_config("shapes", overrides)
 
 
 def test_unknown_preset_and_field_list_the_allowed_ones():
     with pytest.raises(ValueError, match="unknown config preset 'cifar'.*allowed: cifar10_dit_s, shapes"):
         get_config("cifar")
-    with pytest.raises(ValueError, match="unknown config field.*num_block.*allowed: .*num_blocks"):
-        get_config("shapes", num_block=3)
+    with pytest.raises(ValueError, match=r"unknown config field.*model\.num_block\b.*allowed: .*model\.num_blocks"):
+        get_config("shapes", {"model.num_block": 3})
     with pytest.raises(ValueError, match="unknown config field.*depth"):
         parse_overrides(["depth=3"])
 
 
+@pytest.mark.parametrize("flat,path", [("num_blocks", "model.num_blocks"), ("width", "model.width"),
+                                       ("sample_steps", "sampling.steps"), ("schedule", "schedule.name"),
+                                       ("overlap", "partition.overlap"), ("steps", "optim.steps")])
+def test_an_old_flat_name_is_refused_with_its_new_path(flat, path):
+    with pytest.raises(ValueError, match=rf"unknown config field\(s\) {flat} \(now {path}\)"):
+        parse_overrides([f"{flat}=2"])
+
+
 def test_overrides_are_parsed_with_the_field_types():
-    parsed = parse_overrides(["num_blocks=2", "overlap=0.1", "class_conditional=false", "dataset=shapes"])
-    assert parsed == {"num_blocks": 2, "overlap": 0.1, "class_conditional": False, "dataset": "shapes"}
-    with pytest.raises(ValueError, match="num_blocks must be of type int"):
-        parse_overrides(["num_blocks=two"])
-    with pytest.raises(ValueError, match="field=value"):
-        parse_overrides(["num_blocks"])
+    parsed = parse_overrides(["model.num_blocks=2", "partition.overlap=0.1", "model.class_conditional=false",
+                              "data.dataset=shapes"])
+    assert parsed == {"model.num_blocks": 2, "partition.overlap": 0.1, "model.class_conditional": False,
+                      "data.dataset": "shapes"}
+    with pytest.raises(ValueError, match="model.num_blocks must be of type int"):
+        parse_overrides(["model.num_blocks=two"])
+    with pytest.raises(ValueError, match="optim.learning_rate must be a finite number"):
+        parse_overrides(["optim.learning_rate=nan"])
+    with pytest.raises(ValueError, match="section.field=value"):
+        parse_overrides(["model.num_blocks"])
 
 
 def test_configs_are_frozen_and_round_trip():
-    config = get_config("shapes", num_blocks=2)
+    config = get_config("shapes", {"model.num_blocks": 2})
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.num_blocks = 3
-    assert Config.from_dict(config.to_dict()) == config
+        config.model.num_blocks = 3
+    again = Config.from_dict(json.loads(config.to_json()))
+    assert again == config and again.model.num_blocks == 2
+
+
+def test_a_flat_config_of_version_0_1_is_refused_naming_its_writer():
+    with pytest.raises(ValueError, match=r"run/config.json was written by dblocks-jax 0.1 .*cannot read"):
+        Config.from_dict({"num_blocks": 4, "width": 96}, source="run/config.json")
+    with pytest.raises(ValueError, match="expected a JSON object, got list"):
+        Config.from_dict([1, 2], source="x")
+
+
+def test_every_field_declares_one_role_and_consumers_read_them():
+    roles = {path: field.metadata.get("role") for path, (_, field) in settings.leaves(Config()).items()}
+    assert set(roles.values()) == set(settings.ROLES), roles
+    # What the roles mean for the consumers: resume, assembly, sweeps.
+    assert roles["model.width"] == roles["partition.overlap"] == roles["noise.p_mean"] == settings.ASSEMBLY
+    assert roles["optim.learning_rate"] == roles["run.seed"] == settings.IDENTITY
+    assert roles["sampling.steps"] == settings.SAMPLING and roles["run.log_every"] == settings.FREE
+    a = get_config("shapes")
+    b = a.override({"optim.learning_rate": 1e-3, "sampling.steps": 8, "run.log_every": 7, "model.width": 64})
+    assert settings.differences(a, b, settings.TRAINING_ROLES) == ["model.width: 96 -> 64",
+                                                                   "optim.learning_rate: 0.002 -> 0.001"]
+    assert settings.differences(a, b, [settings.ASSEMBLY]) == ["model.width: 96 -> 64"]
+
+
+# The paper's DiT-S/2 CIFAR-10 setting (arXiv 2506.14202, Sec. 4.1 and App. B; DiT-S/2 of Peebles & Xie
+# 2023): the one place these published values are typed.
+PAPER_DIT_S = {"model.num_layers": 12, "model.width": 384, "model.num_heads": 6, "model.patch_size": 2,
+               "data.batch_size": 512, "optim.learning_rate": 1e-4, "model.num_blocks": 3,
+               "partition.overlap": 0.05, "sampling.steps": 50, "sampling.solver": "euler",
+               "sampling.guidance": 2.0, "model.label_dropout": 0.1, "data.image_size": 32,
+               "data.dataset": "tfds:cifar10"}
 
 
 def test_presets_are_valid_and_the_paper_setting_is_exact():
     assert {"shapes", "cifar10_dit_s"} <= set(PRESETS)
-    paper = PRESETS["cifar10_dit_s"]
-    assert (paper.num_layers, paper.width, paper.num_heads, paper.patch_size) == (12, 384, 6, 2)
-    assert (paper.batch_size, paper.learning_rate, paper.num_blocks, paper.overlap) == (512, 1e-4, 3, 0.05)
-    assert (paper.sample_steps, paper.solver, paper.guidance, paper.label_dropout) == (50, "euler", 2.0, 0.1)
-    assert paper.dataset_info.channels == 3 and paper.image_size == 32
+    values = {p: v for p, (v, _) in settings.leaves(PRESETS["cifar10_dit_s"].config).items()}
+    assert {p: values[p] for p in PAPER_DIT_S} == PAPER_DIT_S
+    listing = describe_presets()
+    assert listing.splitlines()[0] == "image_generation:"
+    assert all(f"  {name}" in listing and preset.description in listing for name, preset in PRESETS.items())

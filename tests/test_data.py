@@ -66,10 +66,10 @@ def test_bundled_real_datasets_are_deterministic_balanced_and_resizable(name, ch
 
 
 def test_any_preset_can_swap_in_another_dataset():
-    from dblocks_jax import get_config
+    from dblocks_jax import get_config, make_task
 
-    config = get_config("shapes", dataset="patterns")
-    assert config.image_size == 16 and config.num_classes == 8 and config.dataset_info.channels == 3
+    task = make_task(get_config("shapes", {"data.dataset": "patterns"}))
+    assert task.image_shape == (16, 16, 3) and task.num_classes == 8
 
 
 def test_tfds_datasets_train_and_load_through_grain_with_mock_data(tmp_path, monkeypatch):
@@ -111,9 +111,14 @@ def test_unprepared_tfds_dataset_fails_at_once_without_downloading(tmp_path, mon
         data.load_split("tfds:mnist", "train", 28)
 
 
-def test_unknown_tfds_dataset_is_refused_by_the_config():
-    from dblocks_jax import get_config
+def test_unknown_tfds_dataset_is_refused_before_anything_compiles(monkeypatch):
+    """Validation does no I/O (any tfds:<name> passes it); the task reads the dataset's metadata
+    when it is built, before the trainer exists, and names the dataset."""
+    from dblocks_jax import get_config, make_task
+    from dblocks_jax.engine import trainer
 
-    with pytest.raises(ValueError, match="dataset='tfds:no_such_dataset'"):
-        get_config("shapes", dataset="tfds:no_such_dataset")
-    assert get_config("shapes", dataset="tfds:fashion_mnist").num_classes == 10
+    monkeypatch.setattr(trainer, "BlockTrainer", lambda *a: pytest.fail("got to the trainer"))
+    config = get_config("shapes", {"data.dataset": "tfds:no_such_dataset"})
+    with pytest.raises(ValueError, match="unknown dataset 'tfds:no_such_dataset'"):
+        make_task(config)
+    assert make_task(get_config("shapes", {"data.dataset": "tfds:fashion_mnist"})).num_classes == 10

@@ -19,7 +19,9 @@ import pytest
 from conftest import tiny_config
 from flax import nnx
 
-from dblocks_jax import data, inception, metrics
+from dblocks_jax import data
+from dblocks_jax.evaluation import image_quality, inception, torch_weights
+from dblocks_jax.tasks.image_generation_eval import evaluate_run
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +295,7 @@ def test_legacy_torch_format_and_strided_tensors_are_read_exactly(tmp_path, fid_
     small = {k: fid_state_dict[k] for k in ("Conv2d_1a_3x3.conv.weight", "Conv2d_1a_3x3.bn.num_batches_tracked",
                                             "fc.bias")}
     write_torch_legacy(legacy, small)
-    got = inception.read_state_dict(str(legacy))
+    got = torch_weights.read_state_dict(str(legacy))
     assert got.keys() == small.keys()
     for key in small:
         np.testing.assert_array_equal(got[key], small[key])
@@ -309,7 +311,7 @@ def test_legacy_torch_format_and_strided_tensors_are_read_exactly(tmp_path, fid_
         archive.writestr("strided/data.pkl", buffer.getvalue())
         archive.writestr("strided/data/0", base.tobytes())
     expected = np.array([[3 + i + 6 * j for j in range(4)] for i in range(3)], np.float32)
-    np.testing.assert_array_equal(inception.read_state_dict(str(path))["w"], expected)
+    np.testing.assert_array_equal(torch_weights.read_state_dict(str(path))["w"], expected)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,7 +370,7 @@ def test_truncated_storage_is_named(tmp_path):
         for name, content in records.items():
             archive.writestr(name, content)
     with pytest.raises(ValueError, match=str(path)):
-        inception.read_state_dict(str(path))
+        torch_weights.read_state_dict(str(path))
 
 
 class _RunsShell:
@@ -392,7 +394,7 @@ def test_a_pickle_that_calls_code_is_refused(tmp_path, layout):
                 pickle.dump(header, f, protocol=2)
             pickle.dump(payload, f, protocol=2)
     with pytest.raises(ValueError, match="refusing to load the global (os|posix).system") as err:
-        inception.read_state_dict(str(path))
+        torch_weights.read_state_dict(str(path))
     assert str(path) in str(err.value)
     assert not marker.exists()
 
@@ -403,94 +405,104 @@ def test_a_pickle_that_calls_code_is_refused(tmp_path, layout):
 
 def test_standard_fid_is_planned_for_tfds_datasets_only(monkeypatch):
     monkeypatch.delenv(inception.WEIGHTS_ENV, raising=False)
-    weights, reason = metrics.inception_plan("tfds:cifar10", None)
+    weights, reason = image_quality.inception_plan("tfds:cifar10", None)
     assert weights is None and inception.WEIGHTS_ENV in reason and inception.WEIGHTS_FILE in reason
-    weights, reason = metrics.inception_plan("digits", None)
+    weights, reason = image_quality.inception_plan("digits", None)
     assert weights is None and "bundled" in reason
     monkeypatch.setenv(inception.WEIGHTS_ENV, "/data/w.pth")
-    assert metrics.inception_plan("tfds:cifar10", None) == ("/data/w.pth", None)
-    assert metrics.inception_plan("digits", None)[0] is None  # the environment is not an explicit request
-    assert metrics.inception_plan("digits", "/x.npz") == ("/x.npz", None)
+    assert image_quality.inception_plan("tfds:cifar10", None) == ("/data/w.pth", None)
+    assert image_quality.inception_plan("digits", None)[0] is None  # the environment is not an explicit request
+    assert image_quality.inception_plan("digits", "/x.npz") == ("/x.npz", None)
 
 
 class _CheapFeatures:
     """Stands in for the 6-GFLOP network (and for the trained classifier): a fixed random
-    projection of the pixels."""
+    projection of the pixels. The classifier's and InceptionV3's stand-ins use different
+    projections, so the two distances differ and each can be checked on its own."""
 
     weights_path, path, accuracy = "/weights/cheap.npz", "/cache/cheap", 1.0
 
-    def __init__(self, *args, **kwargs):
-        pass
+    def __init__(self, *args, projection_seed=0, **kwargs):
+        self.projection_seed = projection_seed
 
     def features(self, images):
         flat = np.asarray(images, np.float64).reshape(len(images), -1)
-        return flat @ np.random.default_rng(0).normal(size=(flat.shape[1], 8))
+        return flat @ np.random.default_rng(self.projection_seed).normal(size=(flat.shape[1], 8))
 
     def predict(self, images):
         return np.zeros(len(images), np.int32)
 
 
+def _seeded_images(seed, num_samples, size=8):
+    """What the stub task samples for a seed: uniform noise images."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, (num_samples, size, size, 1)).astype(np.float32)
+
+
 @pytest.fixture
 def cheap_run(monkeypatch):
     """evaluate_run's plumbing with the expensive parts stubbed: the run's config, its blocks, the
-    sampler (seeded noise images with balanced labels) and the classifier."""
-    from dblocks_jax import training
+    sampler (seeded noise images with balanced labels), the classifier and InceptionV3."""
+    from dblocks_jax import runs
+    from dblocks_jax.evaluation import image_quality
 
     run = types.SimpleNamespace(requested=[], config=tiny_config(dataset="digits", sample_steps=2))
-    monkeypatch.setattr(training, "read_run_config", lambda *a, **k: run.config.replace(**k))
+    monkeypatch.setattr(runs, "read_run_config", lambda workdir, overrides=None: run.config.override(overrides or {}))
+    task = types.SimpleNamespace(num_blocks=2, samples=lambda params, seed, num_samples: (
+        _seeded_images(seed, num_samples), np.arange(num_samples) % 10))
+    monkeypatch.setattr(runs, "load_run", lambda *a, **k: (task, [{}, {}], [0, 0]))
     digits = data.load_split("digits", "test", 8)
     monkeypatch.setattr(data, "load_split", lambda name, split, size: digits)  # also for tfds: names
-    monkeypatch.setattr(training, "BlockTrainer", lambda c: types.SimpleNamespace(
-        model=None, init_state=lambda b: types.SimpleNamespace(ema={})))
-
-    def sample(c, model, params):
-        rng = np.random.default_rng(c.seed)
-        return (rng.uniform(-1, 1, (c.num_samples, c.image_size, c.image_size, 1)).astype(np.float32),
-                np.arange(c.num_samples) % 10)
-
-    monkeypatch.setattr(training, "sample_from_config", sample)
-    monkeypatch.setattr(metrics, "FeatureClassifier", _CheapFeatures)
-    monkeypatch.setattr(inception, "load_inception", lambda path: run.requested.append(path) or _CheapFeatures())
+    monkeypatch.setattr(image_quality, "FeatureClassifier", _CheapFeatures)
+    monkeypatch.setattr(inception, "load_inception",
+                        lambda path: run.requested.append(path) or _CheapFeatures(projection_seed=1))
     monkeypatch.delenv(inception.WEIGHTS_ENV, raising=False)
+    run.reference = digits[0]
     return run
 
 
 def test_evaluate_reports_fid_over_the_same_seeds(tmp_path, cheap_run):
-    result = metrics.evaluate_run(str(tmp_path), seeds=(0, 1), num_samples=30, untrained=True,
-                                  inception_weights="/weights/cheap.npz", progress=False)
+    result = evaluate_run(str(tmp_path), seeds=(0, 1), num_samples=30, untrained=True,
+                          inception_weights="/weights/cheap.npz", progress=False)
     assert cheap_run.requested == ["/weights/cheap.npz"]
     fid = result["fid"]
-    assert len(fid["values"]) == 2 and fid["values"][0] != fid["values"][1] and fid["std"] > 0
-    assert fid["mean"] == pytest.approx(np.mean(fid["values"])) and fid["weights"] == "/weights/cheap.npz"
-    # the same samples through the same stand-in features: the two distances agree seed by seed
-    np.testing.assert_allclose(fid["values"], result["frechet_distance"]["values"], rtol=1e-9)
+    assert fid["weights"] == "/weights/cheap.npz" and fid["mean"] == pytest.approx(np.mean(fid["values"]))
+    # Each seed's FID is that seed's samples against the held-out reference through the Inception
+    # stand-in, computed here independently (a wrong seed, reference or extractor would differ).
+    inception_features = _CheapFeatures(projection_seed=1)
+    reference_stats = image_quality.gaussian_stats(inception_features.features(cheap_run.reference))
+    expected = [image_quality.frechet_distance(*image_quality.gaussian_stats(
+        inception_features.features(_seeded_images(seed, 30))), *reference_stats) for seed in (0, 1)]
+    np.testing.assert_allclose(fid["values"], expected, rtol=1e-9)
+    assert not np.allclose(fid["values"], result["frechet_distance"]["values"])  # not the classifier's
     assert result["fid_skipped"] is None and result["seeds"] == [0, 1] and result["num_samples"] == 30
     json.dumps(result)
 
 
 def test_evaluate_skips_fid_for_bundled_datasets_unless_asked(tmp_path, cheap_run, monkeypatch):
     monkeypatch.setenv(inception.WEIGHTS_ENV, "/weights/cheap.npz")  # not an explicit request
-    result = metrics.evaluate_run(str(tmp_path), seeds=(0,), num_samples=30, untrained=True, progress=False)
+    result = evaluate_run(str(tmp_path), seeds=(0,), num_samples=30, untrained=True, progress=False)
     assert result["fid"] is None and "bundled" in result["fid_skipped"] and cheap_run.requested == []
     json.dumps(result)
 
 
 def test_evaluate_on_tfds_uses_the_configured_weights_or_says_why_not(tmp_path, cheap_run, monkeypatch, capsys):
-    cheap_run.config = cheap_run.config.replace(dataset="tfds:mnist")
-    result = metrics.evaluate_run(str(tmp_path), seeds=(0,), num_samples=30, untrained=True, progress=True)
+    cheap_run.config = cheap_run.config.override({"data.dataset": "tfds:mnist"})
+    result = evaluate_run(str(tmp_path), seeds=(0,), num_samples=30, untrained=True, progress=True)
     assert result["fid"] is None and inception.WEIGHTS_ENV in result["fid_skipped"]
     assert "standard FID skipped" in capsys.readouterr().out and cheap_run.requested == []
     monkeypatch.setenv(inception.WEIGHTS_ENV, "/weights/from_env.pth")
-    result = metrics.evaluate_run(str(tmp_path), seeds=(0,), num_samples=30, untrained=True, progress=False)
+    result = evaluate_run(str(tmp_path), seeds=(0,), num_samples=30, untrained=True, progress=False)
     assert cheap_run.requested == ["/weights/from_env.pth"] and len(result["fid"]["values"]) == 1
 
 
 def test_evaluate_with_unloadable_weights_fails_before_sampling(tmp_path, monkeypatch):
+    from dblocks_jax import runs
+    from dblocks_jax.evaluation import image_quality
+
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
-    monkeypatch.setattr(metrics, "FeatureClassifier", lambda *a, **k: pytest.fail("got past the weights"))
-    from dblocks_jax import training
-
-    monkeypatch.setattr(training, "read_run_config", lambda *a, **k: tiny_config(dataset="digits"))
+    monkeypatch.setattr(image_quality, "FeatureClassifier", lambda *a, **k: pytest.fail("got past the weights"))
+    monkeypatch.setattr(runs, "read_run_config", lambda *a, **k: tiny_config(dataset="digits"))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        metrics.evaluate_run(workdir, inception_weights=str(tmp_path / "missing.pth"), progress=False)
+        evaluate_run(workdir, inception_weights=str(tmp_path / "missing.pth"), progress=False)

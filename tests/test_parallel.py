@@ -12,9 +12,12 @@ import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
+from hlo_tools import collectives, replica_groups
 
-from dblocks_jax import checkpoint, parallel
-from dblocks_jax.training import BlockTrainer, _parallel_trainer, train
+from dblocks_jax import make_task, train
+from dblocks_jax.engine import checkpoint, parallel
+from dblocks_jax.engine.loop import _parallel_trainer
+from dblocks_jax.engine.trainer import BlockTrainer
 
 
 def assert_same_blocks(got, expected, atol=1e-5):
@@ -40,31 +43,32 @@ def test_parallel_training_equals_each_block_trained_alone(alone, num_blocks, bl
 
 
 def compiled_step_hlo(config) -> tuple[str, parallel.ParallelTrainer]:
-    trainer = BlockTrainer(config)
-    pt = _parallel_trainer(config, trainer, list(range(config.num_blocks)))
+    trainer = BlockTrainer(make_task(config))
+    num_blocks = config.model.num_blocks
+    pt = _parallel_trainer(trainer, list(range(num_blocks)))
     states = pt.init_states(pt.block_ids)
-    shape = (config.batch_size, config.image_size, config.image_size, 1)
-    batch = {"image": np.zeros(shape, np.float32), "label": np.zeros(config.batch_size, np.int32)}
-    images, labels = pt.global_batch({b: batch for b in range(config.num_blocks)})
-    return pt.lower_step(states, images, labels).compile().as_text(), pt
+    d = config.data
+    batch = {"image": np.zeros((d.batch_size, d.image_size, d.image_size, 1), np.float32),
+             "label": np.zeros(d.batch_size, np.int32)}
+    return pt.lower_step(states, pt.global_batch({b: batch for b in range(num_blocks)})).compile().as_text(), pt
 
 
 def test_compiled_parallel_step_has_no_collective_across_blocks():
     hlo, _ = compiled_step_hlo(tiny_config(num_blocks=4, schedule="parallel", block_shards=4))
-    assert parallel.collectives(hlo) == []  # data = 1: no communication at all
+    assert collectives(hlo) == []  # data = 1: no communication at all
 
     hlo, pt = compiled_step_hlo(tiny_config(num_blocks=4, schedule="parallel", block_shards=4, data_shards=2))
-    ops = parallel.collectives(hlo)
+    ops = collectives(hlo)
     assert ops, "data = 2 must average gradients over the data shards"
     # Replica groups hold positions in the mesh's device order: block row = position // data_shards.
     for op in ops:
-        groups = parallel.replica_groups(op)
+        groups = replica_groups(op)
         assert all(len(g) == 2 and len({i // pt.data_shards for i in g}) == 1 for g in groups), op
 
 
 def test_replica_group_formats_are_read():
-    assert parallel.replica_groups("x = all-reduce(y), replica_groups={{0,1},{2,3}}") == [[0, 1], [2, 3]]
-    assert parallel.replica_groups("x = all-reduce(y), replica_groups=[2,2]<=[2,2]T(1,0)") == [[0, 2], [1, 3]]
+    assert replica_groups("x = all-reduce(y), replica_groups={{0,1},{2,3}}") == [[0, 1], [2, 3]]
+    assert replica_groups("x = all-reduce(y), replica_groups=[2,2]<=[2,2]T(1,0)") == [[0, 2], [1, 3]]
 
 
 def test_mesh_that_does_not_fit_the_devices_is_refused_with_the_numbers():
@@ -76,10 +80,16 @@ def test_mesh_that_does_not_fit_the_devices_is_refused_with_the_numbers():
     assert parallel.mesh_shape(6, 0, 2, 8) == (3, 2)  # the largest divisor of B that fits
     with pytest.raises(ValueError, match="needs 16 devices; 8 available"):
         train(tiny_config(num_blocks=4, schedule="parallel", block_shards=4, data_shards=4), progress=False)
-    with pytest.raises(ValueError, match="block_shards"):
+    with pytest.raises(ValueError, match="schedule.block_shards=3; allowed: 0 .* or a divisor of model.num_blocks=4"):
         tiny_config(num_blocks=4, schedule="parallel", block_shards=3)
-    with pytest.raises(ValueError, match="schedule"):
+    with pytest.raises(ValueError, match="schedule.name='sequential'; allowed: 'parallel' when"):
         tiny_config(num_blocks=4, schedule="sequential", data_shards=2)
+
+
+def paths_of(config) -> dict:
+    from dblocks_jax.engine.settings import leaves
+
+    return {path: value for path, (value, _) in leaves(config).items()}
 
 
 def free_port() -> int:
@@ -90,7 +100,7 @@ def free_port() -> int:
 
 def test_two_processes_train_two_blocks_like_one(tmp_path):
     config = tiny_config(steps=3, schedule="parallel", checkpoint_every=2)
-    overrides = [f"--set={k}={v}" for k, v in config.to_dict().items()]
+    overrides = [f"--set={k}={v}" for k, v in paths_of(config).items()]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     port = free_port()
     command = [sys.executable, "-m", "dblocks_jax", "train", "--workdir", str(tmp_path), "--no-progress", *overrides]
@@ -108,8 +118,8 @@ def test_two_processes_train_two_blocks_like_one(tmp_path):
     # and, gathered at checkpoint time, every block's checkpoint.
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["block_000", "block_001"]
     assert {"config.json", "metrics.process0.jsonl", "metrics.process1.jsonl"} <= set(os.listdir(tmp_path))
-    trainer = BlockTrainer(config)
+    trainer = BlockTrainer(make_task(config))
     got = [checkpoint.restore_block(str(tmp_path), b, trainer.abstract_state)[0].ema for b in range(2)]
-    single = train(config.replace(schedule="sequential"), progress=False).params
+    single = train(config.override({"schedule.name": "sequential"}), progress=False).params
     assert_same_blocks(got, single)
     assert json.load(open(tmp_path / "run.json"))["process_count"] == 2

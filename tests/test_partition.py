@@ -16,7 +16,7 @@ def truncated_mass(edm, lo, hi):
 @pytest.mark.parametrize("num_blocks", [1, 2, 3, 4, 8, 16])
 def test_equiprobable_bands_hold_equal_mass(num_blocks):
     edm = EDM()
-    part = BlockPartition.equiprobable(num_blocks, edm=edm)
+    part = BlockPartition.equiprobable(num_blocks, law=edm)
     assert part.boundaries.dtype == np.float64 and len(part.boundaries) == num_blocks + 1
     assert part.boundaries[0] == edm.sigma_min and part.boundaries[-1] == edm.sigma_max
     assert np.all(np.diff(part.boundaries) > 0)
@@ -33,8 +33,8 @@ def test_uniform_log_bands_have_equal_log_width_and_differ_from_equiprobable():
 
 def test_block_zero_owns_the_highest_band():
     part = BlockPartition.equiprobable(3)
-    assert part.band(0)[1] == part.edm.sigma_max
-    assert part.band(2)[0] == part.edm.sigma_min
+    assert part.band(0)[1] == part.law.sigma_max
+    assert part.band(2)[0] == part.law.sigma_min
     assert part.band(0)[0] == part.band(1)[1]
 
 
@@ -62,20 +62,20 @@ def test_block_of_is_consistent_with_band():
     owners_jit = np.asarray(jax.jit(part.block_of)(jnp.asarray(sigmas, jnp.float32)))
     for sigma, b in zip(sigmas, owners):
         lo, hi = part.band(int(b))
-        assert lo < sigma <= hi or (sigma == lo == part.edm.sigma_min), (sigma, b, lo, hi)
+        assert lo < sigma <= hi or (sigma == lo == part.law.sigma_min), (sigma, b, lo, hi)
     np.testing.assert_array_equal(owners, owners_jit)
     # A boundary belongs to the lower-noise block, i.e. the one with the larger index.
     assert part.block_of(np.array([part.boundaries[2]]))[0] == 5 - 2
 
 
 @pytest.mark.parametrize("b", [0, 2, 3])
-def test_sample_sigma_follows_truncated_lognormal_inside_jit(b):
+def test_sample_level_follows_truncated_lognormal_inside_jit(b):
     part = BlockPartition.equiprobable(4, overlap=0.1)
-    sigmas = np.asarray(jax.jit(part.sample_sigma, static_argnums=2)(jax.random.key(b), b, (20_000,)),
+    sigmas = np.asarray(jax.jit(part.sample_level, static_argnums=2)(jax.random.key(b), b, (20_000,)),
                         np.float64)
     lo, hi = part.training_band(b)
     assert sigmas.min() >= lo * (1 - 1e-6) and sigmas.max() <= hi * (1 + 1e-6)
-    edm = part.edm
+    edm = part.law
     a, c = [(np.log(x) - edm.p_mean) / edm.p_std for x in (lo, hi)]
     ks = stats.kstest((np.log(sigmas) - edm.p_mean) / edm.p_std, stats.truncnorm(a, c).cdf)
     assert ks.statistic < 0.015
@@ -83,7 +83,7 @@ def test_sample_sigma_follows_truncated_lognormal_inside_jit(b):
 
 def test_sample_sigma_accepts_a_traced_block_index():
     part = BlockPartition.equiprobable(3, overlap=0.0)
-    draw = jax.jit(lambda key, b: part.sample_sigma(key, b, (4000,)))
+    draw = jax.jit(lambda key, b: part.sample_level(key, b, (4000,)))
     for b in range(3):
         s = np.asarray(draw(jax.random.key(0), b))
         lo, hi = part.band(b)

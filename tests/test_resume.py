@@ -11,10 +11,12 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import paths, tiny_config
 
-from dblocks_jax import checkpoint, cli
-from dblocks_jax.training import BlockTrainer, restore_run, train
+from dblocks_jax import cli, make_task, train
+from dblocks_jax.engine import checkpoint
+from dblocks_jax.engine.rundir import restore_run
+from dblocks_jax.engine.trainer import BlockTrainer
 
 # Runs `train` in a child process that kills itself with SIGKILL after a given step, or that runs
 # out of file size (RLIMIT_FSIZE, what a full disk looks like to the writer) once a checkpoint exists.
@@ -22,7 +24,7 @@ CHILD = """
 import json, os, resource, signal, sys, time
 config_json, workdir, mode, at = sys.argv[1:5]
 from dblocks_jax.config import Config
-from dblocks_jax.training import train
+from dblocks_jax import train
 config = Config.from_dict(json.loads(config_json))
 
 def on_step(t, block, resident):
@@ -30,7 +32,7 @@ def on_step(t, block, resident):
         return
     # Saves are asynchronous: wait until every block has a committed checkpoint, so that there is
     # something to resume from (kill) or to keep intact (full disk).
-    blocks = [os.path.join(workdir, "checkpoints", f"block_{b:03d}") for b in range(config.num_blocks)]
+    blocks = [os.path.join(workdir, "checkpoints", f"block_{b:03d}") for b in range(config.model.num_blocks)]
     while not all(os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d)) for d in blocks):
         time.sleep(0.05)
     if mode == "kill":
@@ -39,7 +41,7 @@ def on_step(t, block, resident):
     resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
 
 try:
-    train(config, workdir, progress=False, write_samples=False, on_step=on_step)
+    train(config, workdir, progress=False, write_artifacts=False, on_step=on_step)
 except Exception as err:
     print("FAILED:", type(err).__name__, err, flush=True)
     sys.exit(3)
@@ -53,8 +55,9 @@ def run_child(config, workdir, mode: str, at: int) -> subprocess.CompletedProces
 
 
 def final_states(config, workdir):
-    trainer = BlockTrainer(config)
-    return [checkpoint.restore_block(str(workdir), b, trainer.abstract_state)[0] for b in range(config.num_blocks)]
+    trainer = BlockTrainer(make_task(config))
+    return [checkpoint.restore_block(str(workdir), b, trainer.abstract_state)[0]
+            for b in range(config.model.num_blocks)]
 
 
 def assert_bitwise_equal(a, b):
@@ -71,9 +74,9 @@ def test_run_killed_mid_way_and_resumed_equals_uninterrupted_run(tmp_path, capsy
     assert last_blocks != [8, 8]  # really cut short
 
     capsys.readouterr()
-    resumed = train(config, str(tmp_path / "killed"), resume=True, progress=False, write_samples=False)
+    resumed = train(config, str(tmp_path / "killed"), resume=True, progress=False, write_artifacts=False)
     assert "continuing" in capsys.readouterr().out  # it resumed, it did not start again
-    reference = train(config, str(tmp_path / "reference"), progress=False, write_samples=False)
+    reference = train(config, str(tmp_path / "reference"), progress=False, write_artifacts=False)
     assert resumed.block_steps == reference.block_steps == [8, 8]
     assert_bitwise_equal(final_states(config, tmp_path / "killed"), final_states(config, tmp_path / "reference"))
     records = [json.loads(line) for line in open(tmp_path / "killed" / "metrics.jsonl")]
@@ -89,21 +92,21 @@ def test_corrupted_checkpoint_is_named_and_resume_falls_back(tmp_path, capsys):
     newest = checkpoint.latest_step(workdir, 1)
     truncate_arrays(workdir, 1, newest)
     with pytest.raises(checkpoint.CorruptCheckpointError, match=f"block_001/{newest}"):
-        checkpoint.restore_block(workdir, 1, BlockTrainer(config).abstract_state, newest)
+        checkpoint.restore_block(workdir, 1, BlockTrainer(make_task(config)).abstract_state, newest)
 
     # A changed checkpoint cadence does not matter: resume points come from the checkpoints' records.
     capsys.readouterr()
-    train(config.replace(checkpoint_every=5), workdir, resume=True, progress=False, write_samples=False)
+    train(config.override({"run.checkpoint_every": 5}), workdir, resume=True, progress=False, write_artifacts=False)
     out = capsys.readouterr().out
     assert "falling back to an earlier checkpoint" in out and "continuing" in out
     reference = str(tmp_path / "reference")
-    train(config, reference, progress=False, write_samples=False)
+    train(config, reference, progress=False, write_artifacts=False)
     assert_bitwise_equal(final_states(config, workdir), final_states(config, reference))
 
     # A corrupted *final* checkpoint: the resume falls back, retrains, and replaces it; the bad one
     # is moved aside, not deleted.
     truncate_arrays(workdir, 0, 6)
-    train(config, workdir, resume=True, progress=False, write_samples=False)
+    train(config, workdir, resume=True, progress=False, write_artifacts=False)
     assert_bitwise_equal(final_states(config, workdir), final_states(config, reference))
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "discarded", "block_000", "6"))
 
@@ -117,22 +120,23 @@ def truncate_arrays(workdir, block, step):
 
 def test_checksum_catches_arrays_that_do_not_match_their_record(tmp_path):
     config = tiny_config(num_blocks=1, num_layers=2, steps=2)
-    train(config, str(tmp_path), progress=False, write_samples=False)
+    train(config, str(tmp_path), progress=False, write_artifacts=False)
     record_path = os.path.join(checkpoint.step_dir(str(tmp_path), 0, 2), "record", "metadata")
     record = json.load(open(record_path))
     json.dump(dict(record, checksum="00000000"), open(record_path, "w"))
     with pytest.raises(checkpoint.CorruptCheckpointError, match=r"block_000/2 is corrupted"):
-        checkpoint.restore_block(str(tmp_path), 0, BlockTrainer(config).abstract_state)
+        checkpoint.restore_block(str(tmp_path), 0, BlockTrainer(make_task(config)).abstract_state)
 
 
 def test_resume_with_a_different_config_lists_the_differing_fields(tmp_path):
     config = tiny_config(num_blocks=2, steps=2)
-    train(config, str(tmp_path), progress=False, write_samples=False)
-    changed = config.replace(learning_rate=1e-3, overlap=0.1, sample_steps=8)  # sample_steps may change
-    with pytest.raises(ValueError, match=r"saved -> now\): overlap: 0\.05 -> 0\.1; learning_rate: 0\.002 -> 0\.001$"):
+    train(config, str(tmp_path), progress=False, write_artifacts=False)
+    changed = config.override(paths(learning_rate=1e-3, overlap=0.1, sample_steps=8))  # sampling may change
+    with pytest.raises(ValueError, match=r"saved -> now\): partition.overlap: 0\.05 -> 0\.1; "
+                                         r"optim.learning_rate: 0\.002 -> 0\.001$"):
         train(changed, str(tmp_path), resume=True, progress=False)
     fresh = tmp_path / "new" / "run"  # --resume on a directory without a run starts one
-    train(config.replace(steps=1), str(fresh), resume=True, progress=False, write_samples=False)
+    train(config.override({"optim.steps": 1}), str(fresh), resume=True, progress=False, write_artifacts=False)
     assert (fresh / "config.json").exists() and checkpoint.latest_step(str(fresh), 1) == 1
 
 
@@ -143,10 +147,10 @@ def test_full_disk_during_save_raises_and_keeps_the_previous_checkpoint(tmp_path
     assert "CheckpointSaveError" in failed.stdout and "block_000/4" in failed.stdout
     assert "earlier checkpoints" in failed.stdout and "are intact" in failed.stdout
     assert checkpoint.all_steps(str(tmp_path), 0) == [2]
-    state, record = checkpoint.restore_block(str(tmp_path), 0, BlockTrainer(config).abstract_state)
+    state, record = checkpoint.restore_block(str(tmp_path), 0, BlockTrainer(make_task(config)).abstract_state)
     assert record["block_step"] == 2
     # With space again, the run resumes from that checkpoint and finishes.
-    result = train(config, str(tmp_path), resume=True, progress=False, write_samples=False)
+    result = train(config, str(tmp_path), resume=True, progress=False, write_artifacts=False)
     assert result.block_steps == [6] and checkpoint.latest_step(str(tmp_path), 0) == 6
 
 
@@ -157,7 +161,7 @@ def test_blocks_trained_in_separate_runs_assemble_into_one_sampler(tmp_path, cap
     train(config, b, blocks=[1], progress=False)
     assert not os.path.exists(os.path.join(a, "samples.png"))  # half a model: nothing to sample yet
     whole = train(config, None, progress=False)
-    trainer = BlockTrainer(config)
+    trainer = BlockTrainer(make_task(config))
     params, steps = restore_run([a, b], trainer)
     assert steps == [2, 2]
     assert_bitwise_equal(params, whole.params)  # a block's training does not depend on the others
@@ -170,7 +174,7 @@ def test_blocks_trained_in_separate_runs_assemble_into_one_sampler(tmp_path, cap
     with pytest.raises(FileNotFoundError, match=r"block\(s\) \[1\]"):
         restore_run([a], trainer)
     other = str(tmp_path / "other")
-    train(config.replace(overlap=0.1), other, blocks=[1], progress=False)
+    train(config.override({"partition.overlap": 0.1}), other, blocks=[1], progress=False)
     capsys.readouterr()
     assert cli.main(["assemble", "--workdir", a, "--workdir", other, "--out", str(tmp_path / "bad")]) == 2
-    assert "partitions disagree: overlap: 0.05" in capsys.readouterr().err
+    assert f"model-defining fields disagree: partition.overlap: 0.05 in {a} vs 0.1 in {other}" in capsys.readouterr().err

@@ -4,35 +4,38 @@ import numpy as np
 import pytest
 
 from dblocks_jax import EDM, BlockPartition
-from dblocks_jax.analytic import solver_error
-from dblocks_jax.sampling import evaluations_per_sample, karras_grid, make_sampler, sigma_grid
+from dblocks_jax.engine.chain import karras_grid, level_grid
+from dblocks_jax.engine.reference import solver_error
+from dblocks_jax.engine.solvers import evaluations_per_sample, make_ode_sampler
 
 
 @pytest.mark.parametrize("kind", ["equiprobable", "karras"])
 def test_grids_descend_from_sigma_max_to_sigma_min(kind):
-    t = sigma_grid(kind, 17, EDM())
+    t = level_grid(kind, 17, EDM())
     assert len(t) == 18 and t[0] == 80.0 and t[-1] == 0.002 and np.all(np.diff(t) < 0)
 
 
-def test_karras_grid_formula():
-    t = karras_grid(10, EDM(), rho=7.0)
-    i = np.arange(11)
-    expected = (80 ** (1 / 7) + i / 10 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
-    np.testing.assert_allclose(t, expected, rtol=1e-12)
+def test_karras_grid_matches_edm_reference_values():
+    # EDM (Karras et al. 2022) eq. 5 with sigma_min 0.002, sigma_max 80, rho 7 and N = 18 steps, the
+    # schedule of its CIFAR-10 sampler: these values were computed once from the paper's formula in
+    # float64 (t_1, t_9, t_17), not with the implementation under test.
+    t = karras_grid(18, EDM(), rho=7.0)
+    assert t[0] == 80.0 and t[-1] == 0.002
+    np.testing.assert_allclose([t[1], t[9], t[17]], [58.67148, 2.515219, 0.007037284], rtol=1e-6)
 
 
 @pytest.mark.parametrize("num_blocks", [2, 3, 4, 6, 8, 12])
 def test_equiprobable_grid_gives_each_block_exactly_k_over_b_steps(num_blocks):
     part = BlockPartition.equiprobable(num_blocks)
     for k in (num_blocks, 2 * num_blocks, 5 * num_blocks, 50 // num_blocks * num_blocks):
-        owners = part.block_of(sigma_grid("equiprobable", k, part.edm)[:-1])
+        owners = part.block_of(level_grid("equiprobable", k, part.law)[:-1])
         np.testing.assert_array_equal(np.bincount(owners, minlength=num_blocks), k // num_blocks)
 
 
 def constant_blocks(num_blocks):
     """Block b's 'parameters' are the constant it returns as D: lets a test see which block ran."""
     values = jnp.asarray(np.linspace(-0.9, 0.9, num_blocks), jnp.float32)
-    return values, lambda params, z, sigma, labels, block: jnp.full_like(z, params)
+    return values, lambda params, z, sigma, cond, block: jnp.full_like(z, params)
 
 
 def reference_trajectory(part, t, values, z, solver):
@@ -59,19 +62,19 @@ def reference_trajectory(part, t, values, z, solver):
 def test_sampler_runs_the_block_that_owns_each_sigma(solver):
     part = BlockPartition.equiprobable(4, overlap=0.1)  # overlap must not change ownership
     values, denoise = constant_blocks(4)
-    sampler = make_sampler(denoise, part, num_steps=12, solver=solver)
+    sampler = make_ode_sampler(denoise, part, num_steps=12, solver=solver)
     noise = jax.random.normal(jax.random.key(0), (2, 3, 3, 1))
     # The final output is the constant of the lowest block; the trajectory is checked through a
     # sampler whose final denoise is the identity of its input.
     out = np.asarray(sampler(values, noise))
-    t = sigma_grid("equiprobable", 12, part.edm)
+    t = level_grid("equiprobable", 12, part.law)
     expected, used = reference_trajectory(part, t, np.asarray(values, np.float64), 80.0 * np.asarray(noise), solver)
     np.testing.assert_allclose(out, expected, rtol=1e-6)
     assert sorted(set(used)) == [0, 1, 2, 3] and used == sorted(used)  # network order, every block
 
     # Now observe z_K itself: make each block's D depend on z so the trajectory matters.
-    tracking = lambda params, z, sigma, labels, block: params * z
-    sampler = make_sampler(tracking, part, num_steps=12, solver=solver)
+    tracking = lambda params, z, sigma, cond, block: params * z
+    sampler = make_ode_sampler(tracking, part, num_steps=12, solver=solver)
     scales = jnp.asarray([0.1, 0.3, 0.6, 0.9], jnp.float32)
     got = np.asarray(sampler(scales, noise), np.float64)
     z = 80.0 * np.asarray(noise, np.float64)
@@ -92,15 +95,15 @@ def test_sampler_compiles_once_for_all_steps():
     values, denoise = constant_blocks(3)
     traces = []
 
-    def counting(params, z, sigma, labels, block):
+    def counting(params, z, sigma, cond, block):
         traces.append(1)
-        return denoise(params, z, sigma, labels, block)
+        return denoise(params, z, sigma, cond, block)
 
     noise = jnp.ones((2, 2, 2, 1))
     counts = []
     for steps in (3, 30):
         traces.clear()
-        sampler = make_sampler(counting, part, num_steps=steps)
+        sampler = make_ode_sampler(counting, part, num_steps=steps)
         sampler(values, noise)
         sampler(values, noise + 1)
         counts.append(len(traces))
@@ -126,15 +129,55 @@ def test_both_solvers_converge_to_the_exact_solution_on_the_equiprobable_grid(so
 
 
 def test_generate_reuses_one_compiled_sampler_across_seeds():
-    from conftest import tiny_config
+    from conftest import tiny_task
 
-    from dblocks_jax import BlockModel, generate
-    from dblocks_jax.sampling import _model_sampler
-
-    model = BlockModel.from_config(tiny_config())
-    params = [model.init(jax.random.key(b)) for b in range(2)]
-    first = generate(model, params, num_samples=3, num_steps=2, guidance=2.0, seed=0)
-    second = generate(model, params, num_samples=3, num_steps=2, guidance=2.0, seed=1)
+    task = tiny_task()
+    params = [task.init_params(jax.random.key(b)) for b in range(2)]
+    first = task.generate(params, num_samples=3, seed=0)
+    second = task.generate(params, num_samples=3, seed=1)
     assert not np.array_equal(first, second)
-    sampler = _model_sampler(model, 2.0, 2, "euler", "equiprobable")
-    assert sampler._cache_size() == 1  # both seeds ran through one compilation
+    assert task.sampler(task.config.sampling)._cache_size() == 1  # both seeds ran through one compilation
+
+
+def stochastic_reference(part, t, scales, z, keys, s_churn, s_tmin, s_tmax, s_noise):
+    """EDM Algorithm 2 replayed in float64 numpy on blocks whose D is `scale_b * z`, with block
+    ownership found from the bands (not block_of) and the same per-step noise."""
+    def owner(sigma):
+        hits = [b for b in range(part.num_blocks) if part.band(b)[0] < sigma <= part.band(b)[1]]
+        return hits[0] if hits else (0 if sigma > part.band(0)[1] else part.num_blocks - 1)
+
+    k = len(t) - 1
+    gamma_max = min(s_churn / k, np.sqrt(2) - 1)
+    for i in range(k):
+        gamma = gamma_max if s_tmin <= t[i] <= s_tmax else 0.0
+        t_hat = t[i] * (1 + gamma)
+        eps = s_noise * np.asarray(jax.random.normal(keys[i], z.shape, jnp.float32), np.float64)
+        z_hat = z + np.sqrt(t_hat**2 - t[i] ** 2) * eps
+        d = (z_hat - scales[owner(t_hat)] * z_hat) / t_hat
+        z_next = z_hat + (t[i + 1] - t_hat) * d
+        d2 = (z_next - scales[owner(t[i + 1])] * z_next) / t[i + 1]
+        z = z_hat + (t[i + 1] - t_hat) * 0.5 * (d + d2)
+    return scales[owner(t[-1])] * z
+
+
+def test_edm_stochastic_sampler_matches_float64_reference_with_per_step_keys():
+    part = BlockPartition.equiprobable(4)
+    scales = np.array([0.1, 0.3, 0.6, 0.9])
+    tracking = lambda params, z, sigma, cond, block: params * z
+    noise = jax.random.normal(jax.random.key(0), (2, 3, 3, 1))
+    key = jax.random.key(7)
+    options = dict(s_churn=20.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)
+    sampler = make_ode_sampler(tracking, part, num_steps=12, solver="edm_stochastic", **options)
+    got = np.asarray(sampler(jnp.asarray(scales, jnp.float32), noise, None, key), np.float64)
+    t = level_grid("equiprobable", 12, part.law)
+    keys = [jax.random.fold_in(key, i) for i in range(12)]
+    expected = stochastic_reference(part, t, scales, 80.0 * np.asarray(noise, np.float64), keys, **options)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    # The churn is real (another key gives another sample) and S_churn = 0 is Heun exactly.
+    other = np.asarray(sampler(jnp.asarray(scales, jnp.float32), noise, None, jax.random.key(8)))
+    assert np.abs(other - got).max() > 1e-3
+    plain = make_ode_sampler(tracking, part, num_steps=12, solver="edm_stochastic")
+    heun = make_ode_sampler(tracking, part, num_steps=12, solver="heun")
+    np.testing.assert_allclose(plain(jnp.asarray(scales, jnp.float32), noise, None, key),
+                               heun(jnp.asarray(scales, jnp.float32), noise), rtol=1e-6)
+    assert evaluations_per_sample("edm_stochastic", 12) == 25

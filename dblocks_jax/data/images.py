@@ -1,4 +1,4 @@
-"""Datasets: one batch format for every source (images NHWC float32 in [-1, 1], int32 labels),
+"""Image datasets: one batch format for every source (images NHWC float32 in [-1, 1], int32 labels),
 delivered at the run's `image_size` (resized where the source differs), so any preset can swap
 datasets with `--set dataset=...`.
 
@@ -161,13 +161,13 @@ def tfds_batches(name: str, image_size: int, batch_size: int, seed) -> Iterator[
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)))
 
 
-def train_batches(config, block: int) -> Iterator[dict[str, np.ndarray]]:
-    """The training stream of one block: its own shuffle seed (config.seed, block)."""
-    seed = (config.seed, block)
-    if config.dataset.startswith("tfds:"):
-        return tfds_batches(config.dataset, config.image_size, config.batch_size, seed)
-    images, labels = _cached_split(config.dataset, config.image_size)
-    return Batches(images, labels, config.batch_size, seed=seed)
+def train_batches(name: str, image_size: int, batch_size: int, seed) -> Iterator[dict[str, np.ndarray]]:
+    """An endless, resumable training stream of a dataset, shuffled by `seed` (a block's stream
+    is seeded by (run seed, block))."""
+    if name.startswith("tfds:"):
+        return tfds_batches(name, image_size, batch_size, seed)
+    images, labels = _cached_split(name, image_size)
+    return Batches(images, labels, batch_size, seed=seed)
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,4 +1,4 @@
-"""Block-parallel training (schedule="parallel", DESIGN.md section 4): the blocks' states are
+"""Block-parallel training (schedule.name="parallel"): the blocks' states are
 stacked along a leading axis and sharded over the mesh axis 'block'; inside `jax.shard_map` each
 device trains its own block(s), one after the other, on their own batches. The axis 'data' splits
 every block's batch: gradients and losses are averaged over 'data' only, so nothing ever crosses
@@ -20,39 +20,9 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dblocks_jax.model import NoiseDraw
+from dblocks_jax.engine.trainer import spec_of
 
 BLOCK, DATA = "block", "data"
-
-
-def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
-    """Join a multi-process run (`jax.distributed.initialize`) when a coordinator is given by
-    argument or by JAX_COORDINATOR_ADDRESS (with JAX_NUM_PROCESSES and JAX_PROCESS_ID, or what
-    JAX detects on SLURM, GKE, ...). Returns whether it did; must run before JAX touches devices."""
-    import os
-
-    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if coordinator is None:
-        if num_processes is not None or process_id is not None:
-            raise ValueError("--num-processes/--process-id need --coordinator (or JAX_COORDINATOR_ADDRESS)")
-        return False
-    env = {k: os.environ.get(k) for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
-    num_processes = num_processes if num_processes is not None else _int_env("JAX_NUM_PROCESSES", env)
-    process_id = process_id if process_id is not None else _int_env("JAX_PROCESS_ID", env)
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices of several processes
-    jax.distributed.initialize(coordinator, num_processes, process_id)
-    return True
-
-
-def _int_env(name: str, env: dict) -> int | None:
-    value = env.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} must be an integer") from None
 
 
 def mesh_shape(num_blocks: int, block_shards: int, data_shards: int, num_devices: int) -> tuple[int, int]:
@@ -97,7 +67,7 @@ class ParallelTrainer:
         self.block_ids = jax.make_array_from_callback(
             (len(self.blocks),), self.state_sharding, lambda i: np.asarray(self.blocks, np.int32)[i])
         self.init_states = jax.jit(jax.shard_map(self._init_local, mesh=mesh, in_specs=P(BLOCK), out_specs=P(BLOCK)))
-        specs = (P(BLOCK), batch_spec, batch_spec, P(BLOCK), P())
+        specs = (P(BLOCK), batch_spec, P(BLOCK), P())
         self._step = jax.jit(jax.shard_map(self._step_local, mesh=mesh, in_specs=specs, out_specs=(P(BLOCK), P(BLOCK))),
                              donate_argnums=0)
         me = jax.process_index()
@@ -110,51 +80,62 @@ class ParallelTrainer:
     def _init_local(self, ids):
         return jax.lax.map(self.trainer.init_block, ids)
 
-    def _step_local(self, states, images, labels, ids, block_step):
+    def _step_local(self, states, batch, ids, block_step):
         def one(args):
-            state, x, y, b = args
-            return self._block_step(state, x, y, b, block_step)
+            state, block_batch, b = args
+            return self._block_step(state, block_batch, b, block_step)
 
-        return jax.lax.map(one, (states, images, labels, ids))
+        return jax.lax.map(one, (states, batch, ids))
 
-    def _block_step(self, state, images, labels, block, block_step):
-        """One block's step on this device's slice of its batch. The noise is drawn for the whole
-        batch from the block step's key and sliced, so every data shard sees its part of exactly the
-        single-device draw."""
-        model, n = self.trainer.model, images.shape[0]
-        key = self.trainer.step_key(block, block_step)
-        draw = model.noise_draw(key, block, (n * self.data_shards,) + images.shape[1:])
+    def _block_step(self, state, batch, block, block_step):
+        """One block's step on this device's slice of its batch. The step's randomness is drawn
+        for the whole batch from the block step's key and sliced, so every data shard sees its
+        part of exactly the single-device draw."""
+        trainer = self.trainer
+        local = spec_of(batch)
+        full = jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] * self.data_shards,) + x.shape[1:], x.dtype),
+                            local)
+        draw = trainer.task.draw(trainer.step_key(block, block_step), block, full)
         if self.data_shards > 1:
+            n = jax.tree.leaves(local)[0].shape[0]
             start = jax.lax.axis_index(DATA) * n
-            draw = NoiseDraw(*(jax.lax.dynamic_slice_in_dim(a, start, n) for a in draw))
-        loss, grads = jax.value_and_grad(model.loss_on)(state.params, images, labels, draw, block)
-        if self.data_shards > 1:  # the only collective: within one block's data shards
-            loss, grads = jax.lax.pmean((loss, grads), DATA)
-        return self.trainer.apply_gradients(state, loss, grads, block_step)
+            draw = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, n), draw)
+        loss, grads = trainer.loss_and_grad(state.params, batch, draw, block)
+        if self.data_shards > 1:  # the only collectives: within one block's data shards
+            # The parameters are invariant over 'data' while each shard's loss varies over it, so
+            # shard_map's autodiff already sums the shards' gradients (the transpose of the implicit
+            # broadcast is a psum over 'data'): dividing by the shard count gives the gradient of
+            # the mean loss over the whole batch, what a single device computes.
+            loss = jax.lax.pmean(loss, DATA)
+            grads = jax.tree.map(lambda g: g / self.data_shards, grads)
+        return trainer.apply_gradients(state, loss, grads, block_step)
 
-    def train_step(self, states, images, labels, block_step: int):
+    def train_step(self, states, batch, block_step: int):
         """One step of every block; returns the new states and per-block (loss, gradient norm)."""
-        return self._step(states, images, labels, self.block_ids, jnp.int32(block_step))
+        return self._step(states, batch, self.block_ids, jnp.int32(block_step))
 
-    def lower_step(self, states, images, labels):
-        return self._step.lower(states, images, labels, self.block_ids, jnp.int32(0))
+    def lower_step(self, states, batch):
+        return self._step.lower(states, batch, self.block_ids, jnp.int32(0))
 
     # -- host side -------------------------------------------------------------------------------
 
-    def global_batch(self, batches: dict[int, dict[str, np.ndarray]]) -> tuple[jax.Array, jax.Array]:
-        """Stack per-block batches {block: batch} into (blocks, batch, ...) arrays sharded over
-        ('block', 'data'); only the blocks at `local_positions` are needed here."""
-        def build(key: str) -> jax.Array:
-            first = batches[self.blocks[self.local_positions[0]]][key]
-            shape = (len(self.blocks),) + first.shape
+    def global_batch(self, batches: dict[int, Any]) -> Any:
+        """Stack per-block batches {block: batch pytree} into (blocks, batch, ...) arrays sharded
+        over ('block', 'data'); only the blocks at `local_positions` are needed here."""
+        first = batches[self.blocks[self.local_positions[0]]]
+        flat = {b: jax.tree.leaves(batch) for b, batch in batches.items()}
+
+        def build(k: int, leaf) -> jax.Array:
+            shape = (len(self.blocks),) + np.shape(leaf)
 
             def shard(index):
                 rows = range(*index[0].indices(len(self.blocks)))
-                return np.stack([batches[self.blocks[i]][key] for i in rows])[(slice(None),) + tuple(index[1:])]
+                return np.stack([flat[self.blocks[i]][k] for i in rows])[(slice(None),) + tuple(index[1:])]
 
             return jax.make_array_from_callback(shape, self.batch_sharding, shard)
 
-        return build("image"), build("label")
+        leaves, treedef = jax.tree.flatten(first)
+        return jax.tree.unflatten(treedef, [build(k, leaf) for k, leaf in enumerate(leaves)])
 
     def local_rows(self, tree) -> dict[int, Any]:
         """{position: that block's slice of `tree`} on the host, for every position this process
@@ -188,47 +169,3 @@ class ParallelTrainer:
         flat = {i: jax.tree.leaves(s) for i, s in states.items()}
         abstract_leaves, treedef = jax.tree.flatten(abstract_state)
         return jax.tree.unflatten(treedef, [leaf(k, a) for k, a in enumerate(abstract_leaves)])
-
-
-def gather_json(values: dict[int, Any]) -> dict[int, Any]:
-    """Merge {block: JSON-able value} dicts from every process (data-stream positions at checkpoint
-    time of multi-process runs)."""
-    import json
-
-    from jax.experimental import multihost_utils
-
-    payload = np.frombuffer(json.dumps({str(k): v for k, v in values.items()}).encode(), np.uint8)
-    size = int(np.max(multihost_utils.process_allgather(np.asarray([payload.size]))))
-    padded = np.zeros(size, np.uint8)
-    padded[:payload.size] = payload
-    merged: dict[int, Any] = {}
-    for row in np.asarray(multihost_utils.process_allgather(padded)).reshape(-1, size):
-        merged.update({int(k): v for k, v in json.loads(bytes(row).rstrip(b"\0").decode()).items()})
-    return merged
-
-
-def collectives(hlo_text: str) -> list[str]:
-    """The collective operations in a compiled module's HLO text: one line per op."""
-    ops = ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter", "collective-broadcast",
-           "ragged-all-to-all")
-    return [line.strip() for line in hlo_text.splitlines()
-            if any(f" {op}(" in line or f" {op}-start(" in line for op in ops)]
-
-
-def replica_groups(line: str) -> list[list[int]]:
-    """The device groups of one collective HLO line, in either printed form: explicit
-    `{{0,1},{2,3}}` or iota `[G,S]<=[dims]T(perm)`."""
-    import re
-
-    explicit = re.search(r"replica_groups=\{((?:\{[\d,]*\},?)*)\}", line)
-    if explicit:
-        return [[int(x) for x in g.split(",") if x] for g in re.findall(r"\{([\d,]*)\}", explicit.group(1))]
-    iota = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", line)
-    if not iota:
-        raise ValueError(f"cannot read replica_groups in: {line}")
-    groups, size = int(iota.group(1)), int(iota.group(2))
-    dims = [int(x) for x in iota.group(3).split(",")]
-    ids = np.arange(int(np.prod(dims))).reshape(dims)
-    if iota.group(4):
-        ids = ids.transpose([int(x) for x in iota.group(4).split(",")])
-    return ids.reshape(groups, size).tolist()

@@ -1,15 +1,16 @@
-"""Sample quality: a Frechet distance in the feature space of a small classifier trained on the
-dataset's own labels, and conditional accuracy (the share of class-conditioned samples that this
-classifier assigns to the requested class).
+"""Sample quality in a feature space: the Frechet distance between Gaussian fits of features (FID,
+Heusel et al. 2017, when the features are InceptionV3's pool3), and conditional accuracy.
 
-InceptionV3 features (standard FID) mean nothing on 16x16 shapes or 8x8 digits. A classifier trained
-on the dataset itself ranks what matters there: held-out real data above blurred data above noise
-(tests/test_metrics.py checks this on every bundled dataset). The classifier is trained once per
-(dataset, image size), deterministically, and cached as an orbax checkpoint with its held-out
-accuracy.
+InceptionV3 features (standard FID) mean nothing on 16x16 shapes or 8x8 digits. A small classifier
+trained on the dataset's own labels ranks what matters there: held-out real data above blurred
+data above noise (tests/test_metrics.py checks this on every bundled dataset). Its penultimate layer
+is the feature space of `feature_frechet_distance`, and its predictions give `conditional_accuracy`
+(the share of class-conditioned samples it assigns to the requested class). The classifier is
+trained once per (dataset, image size), deterministically, and cached as an orbax checkpoint with
+its held-out accuracy, so every evaluation of a dataset scores with the same network.
 
-For TFDS datasets (CIFAR-10: the paper's setting) `evaluate_run` also reports the standard FID
-(`dblocks_jax.inception`) when the pretrained InceptionV3 weights file is configured.
+For TFDS datasets (CIFAR-10: the paper's setting) the standard FID comes from
+`dblocks_jax.evaluation.inception` when the pretrained weights are configured (`inception_plan`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import statistics
 
 import jax
 import jax.numpy as jnp
@@ -27,25 +27,45 @@ import orbax.checkpoint as ocp
 import scipy.linalg
 from flax import nnx
 
-from dblocks_jax import data, inception
+from dblocks_jax import data
+from dblocks_jax.evaluation import inception
 
 FEATURE_DIM = 64
+_IMAGINARY_TOLERANCE = 1e-3  # relative to the features' scale; see frechet_distance
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2)), the Frechet (2-Wasserstein) distance between
-    two Gaussians, in float64."""
+    two Gaussians (the FID formula of Heusel et al. 2017), in float64.
+
+    For covariances that are positive semi-definite, C1 C2 is similar to C1^(1/2) C2 C1^(1/2) and
+    has real, non-negative eigenvalues, so its square root has a real trace; rounding (singular
+    sample covariances, fewer samples than dimensions) leaves small imaginary parts that are
+    dropped. A large imaginary part means an input is not a covariance (a negative eigenvalue, a
+    non-symmetric or corrupted matrix): dropping it would report a meaningless distance, so, as
+    pytorch-fid does, it is an error. "Large" is relative to the features' scale: the largest
+    imaginary part on the diagonal of the square root may be at most 1e-3 times the mean magnitude
+    of its real diagonal (and at least 1e-3 absolute, pytorch-fid's tolerance)."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
     covmean = scipy.linalg.sqrtm(cov1 @ cov2)
     if not np.isfinite(covmean).all():  # singular product: regularise, as the reference FID code does
         eps = np.eye(len(cov1)) * 1e-6
         covmean = scipy.linalg.sqrtm((cov1 + eps) @ (cov2 + eps))
-    covmean = np.real(covmean)
+    if np.iscomplexobj(covmean):
+        diagonal = np.diagonal(covmean)
+        imaginary = float(np.abs(diagonal.imag).max())
+        tolerance = _IMAGINARY_TOLERANCE * max(1.0, float(np.abs(diagonal.real).mean()))
+        if not imaginary <= tolerance:
+            raise ValueError(f"the square root of C1 C2 has an imaginary component of {imaginary:.3g} on its "
+                             f"diagonal (tolerance {tolerance:.3g}): the covariances are not positive "
+                             f"semi-definite, so the Frechet distance is undefined")
+        covmean = covmean.real
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(covmean))
 
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, covariance) of (N, D) features in float64: the Gaussian fit that FID compares."""
     features = np.asarray(features, np.float64)
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
@@ -151,11 +171,15 @@ def _batched(fn, images: np.ndarray, batch: int = 512) -> np.ndarray:
 
 
 def feature_frechet_distance(classifier: FeatureClassifier, images: np.ndarray, reference: np.ndarray) -> float:
+    """The Frechet distance of `images` to `reference` in the classifier's feature space: FID's
+    formula with features that mean something at this dataset's size."""
     return frechet_distance(*gaussian_stats(classifier.features(images)),
                             *gaussian_stats(classifier.features(reference)))
 
 
 def conditional_accuracy(classifier: FeatureClassifier, images: np.ndarray, requested: np.ndarray) -> float:
+    """The share of `images` the classifier assigns to the `requested` class: whether conditioning
+    works, which a distance between the pooled image distributions cannot tell."""
     return float(np.mean(classifier.predict(images) == np.asarray(requested)))
 
 
@@ -179,66 +203,3 @@ def inception_plan(dataset: str, inception_weights: str | None) -> tuple[str | N
     if os.environ.get(inception.WEIGHTS_ENV):
         return os.environ[inception.WEIGHTS_ENV], None
     return None, f"no InceptionV3 weights configured: {inception.HOW_TO_GET}"
-
-
-def evaluate_run(workdir: str, *, seeds=(0, 1, 2), num_samples: int | None = None, overrides: dict | None = None,
-                 classifier_settings: ClassifierSettings = ClassifierSettings(), untrained: bool = False,
-                 inception_weights: str | None = None, progress: bool = True) -> dict:
-    """Score a trained run: the Frechet distance of its samples to the held-out split in classifier
-    feature space and their conditional accuracy, mean and std over sampling seeds. `untrained`
-    scores freshly initialised blocks of the same config instead (the baseline to beat).
-
-    Standard FID (InceptionV3 pool3, same samples and seeds) is added under "fid" for TFDS datasets
-    when weights are configured (`inception_plan`); otherwise "fid" is null and "fid_skipped" says
-    why. Weights that are configured but cannot be loaded are an error, raised before sampling."""
-    from dblocks_jax import training
-
-    config = training.read_run_config(workdir, **(overrides or {}))
-    weights, fid_skipped = inception_plan(config.dataset, inception_weights)
-    extractor = inception.load_inception(weights) if weights else None
-    if progress and fid_skipped and config.dataset.startswith("tfds:"):
-        print(f"evaluate: standard FID skipped: {fid_skipped}", flush=True)
-    reference, _ = data.load_split(config.dataset, "test", config.image_size)
-    num_samples = num_samples or len(reference)
-    classifier = FeatureClassifier(config.dataset, config.image_size, classifier_settings)
-    trainer = training.BlockTrainer(config)
-    if untrained:
-        params = [jax.device_get(trainer.init_state(b).ema) for b in range(config.num_blocks)]
-        steps = [0] * config.num_blocks
-    else:
-        params, steps = training.restore_run(workdir, trainer)
-    reference_stats = None
-    if extractor is not None:
-        if progress:
-            print(f"evaluate: InceptionV3 features of {len(reference)} held-out images "
-                  f"(about 6 GFLOP each: slow without an accelerator)", flush=True)
-        reference_stats = gaussian_stats(extractor.features(reference))
-    fds, accs, fids = [], [], []
-    for seed in seeds:
-        if progress:
-            print(f"evaluate: sampling {num_samples} images with seed {seed}", flush=True)
-        images, labels = training.sample_from_config(config.replace(num_samples=num_samples, seed=seed),
-                                                     trainer.model, params)
-        fds.append(feature_frechet_distance(classifier, images, reference))
-        if labels is not None:
-            accs.append(conditional_accuracy(classifier, images, labels))
-        if extractor is not None:
-            fids.append(inception_fid(extractor, images, reference_stats))
-    summary = lambda xs: {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
-                          "values": xs}
-    return {
-        "workdir": os.path.abspath(workdir), "dataset": config.dataset, "image_size": config.image_size,
-        "num_blocks": config.num_blocks, "untrained": untrained, "checkpoint_steps": steps, "num_samples": num_samples,
-        "num_reference": len(reference), "seeds": list(seeds),
-        "sampler": {"solver": config.solver, "grid": config.grid, "steps": config.sample_steps,
-                    "guidance": config.guidance},
-        "frechet_distance": summary(fds),
-        "conditional_accuracy": summary(accs) if accs else None,
-        "classifier": {"path": classifier.path, "held_out_accuracy": classifier.accuracy,
-                       "feature_dim": FEATURE_DIM, **dataclasses.asdict(classifier_settings)},
-        "fid": None if extractor is None else {
-            **summary(fids), "weights": extractor.weights_path, "feature_dim": inception.FEATURE_DIM,
-            "reference": f"test split at {config.image_size}x{config.image_size}, resized to "
-                         f"{inception.INPUT_SIZE}x{inception.INPUT_SIZE}"},
-        "fid_skipped": fid_skipped,
-    }

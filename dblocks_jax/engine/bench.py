@@ -1,0 +1,250 @@
+"""What DiffusionBlocks saves: training memory, step time, compile time and sampling cost.
+
+Every mode is the same `BlockTrainer` and the same compiled chain the real runs use, on the same
+task, architecture, data shape and batch:
+
+- `e2e`: end-to-end, B = 1.
+- `e2e-remat`: end-to-end with `jax.checkpoint` around every layer.
+- `db-sequential`: one block resident (parameters, optimizer state, EMA, activations).
+- `db-interleaved`: the paper's schedule: every block's state resident, one block's activations.
+- `db-remat`: DiffusionBlocks (sequential) with checkpointed layers.
+
+Memory comes from the compiled step's `memory_analysis()` (deterministic, no device needed):
+step peak = argument + output - alias + temp. State that stays resident outside the step (the
+other blocks under `db-interleaved`) is added to give the mode's total. Times are medians over
+repeated calls after a warm-up; they are machine-dependent and never asserted in tests. The
+engine does not build tasks: the caller passes `make_task(config)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dblocks_jax.engine.solvers import evaluations_per_sample
+from dblocks_jax.engine.trainer import BlockTrainer
+
+MODES = ("e2e", "e2e-remat", "db-sequential", "db-interleaved", "db-remat")
+
+# Dense peak matmul throughput per device kind and dtype, for model FLOPs utilisation. float32
+# matmuls on these GPUs run on TF32 tensor cores under JAX's default precision.
+PEAK_FLOPS = {
+    ("NVIDIA H100 80GB HBM3", "bfloat16"): 989e12, ("NVIDIA H100 80GB HBM3", "float32"): 494.5e12,
+    ("NVIDIA H200", "bfloat16"): 989e12, ("NVIDIA H200", "float32"): 494.5e12,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSettings:
+    num_blocks: tuple[int, ...] = (1, 2, 4)
+    modes: tuple[str, ...] = MODES
+    time_steps: int = 20  # timed training steps per mode and B (0: memory only)
+    warmup_steps: int = 2
+    sample_steps: int = 0  # sampler steps K to time (0: skip the sampler)
+    sample_batch: int = 16
+    sample_repeats: int = 3
+
+
+def mode_config(config, mode: str, num_blocks: int):
+    """The config a mode runs: e2e modes are B = 1 of the same model; remat modes checkpoint layers."""
+    if mode not in MODES:
+        raise ValueError(f"unknown bench mode {mode!r}; allowed: {', '.join(MODES)}")
+    overrides = {"model.num_blocks": 1 if mode.startswith("e2e") else num_blocks, "model.remat": mode.endswith("remat"),
+                 "schedule.name": "interleaved" if mode == "db-interleaved" else "sequential",
+                 "schedule.block_shards": 0, "schedule.data_shards": 1}
+    if config.model.layer_split and overrides["model.num_blocks"] != config.model.num_blocks:
+        overrides["model.layer_split"] = ""  # an uneven split is defined for its own B only
+    try:
+        return config.override(overrides)
+    except ValueError as err:
+        raise ValueError(f"bench mode {mode} with B={overrides['model.num_blocks']}: {err}") from None
+
+
+def plan_runs(config, settings: BenchSettings) -> list[tuple[str, object]]:
+    """Every (mode, config) to measure, validated before anything compiles. e2e modes run once."""
+    if not settings.num_blocks or not settings.modes:
+        raise ValueError("bench needs at least one mode and one number of blocks")
+    runs, seen = [], set()
+    for mode in settings.modes:
+        for b in settings.num_blocks:
+            cfg = mode_config(config, mode, b)
+            if (mode, cfg.model.num_blocks) not in seen:
+                seen.add((mode, cfg.model.num_blocks))
+                runs.append((mode, cfg))
+    return runs
+
+
+def compile_step(trainer: BlockTrainer):
+    """The train step compiled for abstract inputs (nothing is allocated), and its compile time in
+    seconds (tracing + lowering + XLA compilation)."""
+    start = time.perf_counter()
+    batch = trainer.task.batch_spec(trainer.config.data.batch_size)
+    compiled = trainer.train_step.lower(trainer.abstract_state, batch, 0, 0).compile()
+    return compiled, time.perf_counter() - start
+
+
+def random_batch(spec, rng: np.random.Generator):
+    """Stand-in data of the batch's shapes: floats uniform in [-1, 1], integers zero."""
+    return jax.tree.map(lambda s: jnp.asarray(rng.uniform(-1, 1, s.shape) if jnp.issubdtype(s.dtype, jnp.floating)
+                                              else np.zeros(s.shape), s.dtype), spec)
+
+
+def step_memory(compiled) -> dict[str, int]:
+    ma = compiled.memory_analysis()
+    mem = {k: int(getattr(ma, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp")}
+    mem["step_peak"] = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
+    return mem
+
+
+def memory_bytes(trainer: BlockTrainer, compiled, resident_blocks: int) -> dict[str, int]:
+    """The compiled step's memory plus the state of the blocks resident beside the trained one
+    (`resident_state` for all of them, `total_peak` = step peak + the other blocks' state)."""
+    mem = step_memory(compiled)
+    mem["resident_state"] = trainer.state_bytes * resident_blocks
+    mem["total_peak"] = mem["step_peak"] + trainer.state_bytes * (resident_blocks - 1)
+    return mem
+
+
+def step_flops(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def time_steps(trainer: BlockTrainer, settings: BenchSettings) -> list[float]:
+    """Wall time of `time_steps` real training steps of block 0 after `warmup_steps`."""
+    batch = random_batch(trainer.task.batch_spec(trainer.config.data.batch_size), np.random.default_rng(0))
+    state = trainer.init_state(0)
+    times = []
+    for i in range(settings.warmup_steps + settings.time_steps):
+        start = time.perf_counter()
+        state, step_metrics = trainer.train_step(state, batch, 0, i)
+        jax.block_until_ready((state, step_metrics))
+        if i >= settings.warmup_steps:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def time_sampler(task, settings: BenchSettings) -> dict | None:
+    """Wall time of the task's chain on `sample_batch` examples with K Euler steps (no guidance:
+    one pass per step); None for a task without a chain sampler."""
+    if not hasattr(task, "sampler_and_inputs"):
+        return None
+    sampling = dataclasses.replace(task.config.sampling, steps=settings.sample_steps, solver="euler",
+                                   grid="equiprobable", guidance=1.0)
+    params = [task.init_params(k) for k in jax.random.split(jax.random.key(0), task.num_blocks)]
+    sampler, args = task.sampler_and_inputs(params, num_samples=settings.sample_batch, sampling=sampling)
+    jax.block_until_ready(sampler(*args))  # compile
+    times = []
+    for _ in range(settings.sample_repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(sampler(*args))
+        times.append(time.perf_counter() - start)
+    evals = evaluations_per_sample("euler", settings.sample_steps)
+    return {"num_steps": settings.sample_steps, "batch": settings.sample_batch, "time_s": statistics.median(times),
+            "layer_evals_per_sample": evals * task.layers_per_block}
+
+
+def analytic_bytes(mode: str, task, param_bytes: int, state_bytes: int, act_per_layer: float) -> int:
+    """The memory model 4P + A per layer (Adam: parameters, gradients, two moments; A the
+    activations) from the parameter count, per resident block: state (params + 2 Adam moments + EMA
+    here) + gradients + activations of L/B layers, or of about one layer when layers are
+    checkpointed. `act_per_layer` is A, fitted once on the e2e step."""
+    layers = 1 if mode.endswith("remat") else task.layers_per_block
+    others = (task.num_blocks - 1) * state_bytes if mode == "db-interleaved" else 0
+    return int(state_bytes + param_bytes + act_per_layer * layers + others)
+
+
+def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettings(),
+              progress: bool = True) -> list[dict]:
+    """Measure every mode and B of `settings` on `config`; one JSON-ready record each.
+
+    Every step is compiled (and its memory read) first; the timed runs then go in ascending order of
+    compiled memory, so that the device's process-wide `peak_bytes_in_use` (which cannot be reset)
+    read after each mode is that mode's own peak on GPU/TPU.
+    """
+    device = jax.devices()[0]
+    measured = []
+    for mode, cfg in plan_runs(config, settings):
+        num_blocks = cfg.model.num_blocks
+        if progress:
+            print(f"bench: compiling {mode} B={num_blocks}", flush=True)
+        trainer = BlockTrainer(make_task(cfg))
+        compiled, compile_s = compile_step(trainer)
+        mem = memory_bytes(trainer, compiled, resident_blocks=num_blocks if mode == "db-interleaved" else 1)
+        record = {
+            "mode": mode, "task": cfg.task, "num_blocks": num_blocks, "num_layers": trainer.task.num_layers,
+            "layers_per_block": trainer.task.layers_per_block, "batch_size": cfg.data.batch_size,
+            "dtype": cfg.model.dtype, "device": device.device_kind, "platform": device.platform,
+            "jax_version": jax.__version__, "compile_s": compile_s,
+            "params_per_block": sum(x.size for x in jax.tree.leaves(trainer.task.abstract_params)),
+            "memory_bytes": mem, "flops_per_step": step_flops(compiled), "config": cfg.to_dict(),
+        }
+        measured.append((record, trainer))
+
+    add_model_flops(config, make_task, measured)
+    for record, trainer in sorted(measured, key=lambda m: m[0]["memory_bytes"]["total_peak"]):
+        num_blocks = trainer.task.num_blocks
+        if settings.time_steps:
+            if progress:
+                print(f"bench: timing {record['mode']} B={num_blocks}", flush=True)
+            resident = [trainer.init_state(b) for b in range(1, num_blocks)] \
+                if record["mode"] == "db-interleaved" else []  # the other blocks, as in real training
+            times = time_steps(trainer, settings)
+            del resident
+            step = statistics.median(times)
+            record.update(step_time_s=step, step_times_s=times, e2e_equivalent_time_s=step * num_blocks)
+            peak = PEAK_FLOPS.get((device.device_kind, record["dtype"]))
+            if record["flops_per_step"]:
+                record["achieved_flops_per_s"] = record["flops_per_step"] / step  # hardware FLOPs, recompute included
+                record["mfu"] = record["model_flops_per_step"] / step / peak if peak else None
+            record["device_peak_bytes_in_use"] = (device.memory_stats() or {}).get("peak_bytes_in_use")
+        if settings.sample_steps and record["mode"] in ("e2e", "db-sequential"):
+            sampler = time_sampler(trainer.task, settings)
+            if sampler is not None:
+                record["sampler"] = sampler
+
+    records = [record for record, _ in measured]
+    add_analytic(records, [trainer for _, trainer in measured])
+    return records
+
+
+def add_model_flops(config, make_task: Callable, measured: list) -> None:
+    """`model_flops_per_step`: the FLOPs of the step without rematerialisation, so that MFU counts
+    useful work only (a remat mode's own `flops_per_step` includes the recomputed forward)."""
+    flops = {(r["mode"], r["num_blocks"]): r["flops_per_step"] for r, _ in measured}
+    for record, _ in measured:
+        if not record["mode"].endswith("remat"):
+            record["model_flops_per_step"] = record["flops_per_step"]
+            continue
+        twin = "e2e" if record["mode"] == "e2e-remat" else "db-sequential"
+        if (twin, record["num_blocks"]) not in flops:
+            trainer = BlockTrainer(make_task(mode_config(config, twin, record["num_blocks"])))
+            flops[(twin, record["num_blocks"])] = step_flops(compile_step(trainer)[0])
+        record["model_flops_per_step"] = flops[(twin, record["num_blocks"])]
+
+
+def add_analytic(records: list[dict], trainers: list[BlockTrainer]) -> None:
+    """Fill `analytic_bytes`: A per layer is fitted once on the e2e step (None without an e2e run)."""
+    e2e = next(((r, t) for r, t in zip(records, trainers) if r["mode"] == "e2e"), None)
+    act_per_layer = None
+    if e2e:
+        r, t = e2e
+        act_per_layer = (r["memory_bytes"]["step_peak"] - t.state_bytes - param_bytes(t)) / r["num_layers"]
+    for r, t in zip(records, trainers):
+        r["analytic_bytes"] = None if act_per_layer is None else analytic_bytes(
+            r["mode"], t.task, param_bytes(t), t.state_bytes, act_per_layer)
+        r["analytic_is_fit"] = r["mode"] == "e2e" or (r["mode"] != "e2e-remat" and r["num_blocks"] == 1
+                                                      and not r["mode"].endswith("remat"))
+
+
+def param_bytes(trainer: BlockTrainer) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trainer.task.abstract_params))
+
+

@@ -1,0 +1,254 @@
+"""The training loop: one block at a time, every block with its own parameters and Optax state.
+
+Every schedule runs the same compiled block step over a *plan* (the paper's schedules):
+
+- `interleaved`: each step trains one uniformly drawn block; all blocks stay resident.
+- `sequential`: block 0 for `steps` steps, then block 1, ...; a block's state is created at its
+  first step and saved, copied to the host and deleted from the device after its last, so only
+  one block is ever resident: the full B-fold memory saving.
+- `parallel`: every block takes one step per position, on its own devices (`engine.parallel`).
+
+End-to-end training is B = 1 of the same code. Nothing here knows what the task's data is: the
+task gives each block's data stream and the block's loss; the loop moves states, batches,
+checkpoints and metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import numpy as np
+
+from dblocks_jax.engine import checkpoint, distributed, rundir
+from dblocks_jax.engine.logger import MetricsLogger
+from dblocks_jax.engine.trainer import BlockState, BlockTrainer, Params, block_plan
+
+
+@dataclasses.dataclass
+class TrainResult:
+    config: Any
+    workdir: str | None
+    params: list[Params]  # per block, on the host: the EMA parameters (the raw ones if ema_decay = 0)
+    block_steps: list[int]  # optimizer steps each block took
+    final_loss: list[float]  # per block, mean loss over its last logging interval
+
+
+def train(task, workdir: str | None = None, *, overwrite: bool = False, resume: bool = False,
+          blocks: Sequence[int] | None = None, batches: Callable[[int], Iterator[Any]] | None = None,
+          on_step: Callable[[int, int, dict], None] | None = None, progress: bool = True,
+          write_artifacts: bool = True) -> TrainResult:
+    """Train the blocks of `task` (all, or just `blocks`) under its config's schedule.
+
+    With a `workdir`: config.json, run.json, metrics.jsonl, checkpoints/block_XXX (every
+    `run.checkpoint_every` steps and when a block finishes) and, once every block is trained, the
+    task's artifacts (`task.write_artifacts`, e.g. a sample grid). `resume` continues the run in
+    `workdir` from its newest intact checkpoint (or starts it). `batches(block)` overrides a
+    block's data stream; `on_step(step, block, resident_states)` runs after every step.
+    """
+    config = task.config
+    blocks = _blocks_to_train(task.num_blocks, blocks)
+    if jax.process_count() > 1 and config.schedule.name != "parallel":
+        raise ValueError(f"schedule.name={config.schedule.name!r} trains on one process; a multi-process run "
+                         f"needs schedule.name='parallel'")
+    task.check_data()  # the data exists (I/O), before anything compiles
+    trainer = BlockTrainer(task)
+    parallel = _parallel_trainer(trainer, blocks) if config.schedule.name == "parallel" else None
+    run = _Run(config, task.num_blocks, blocks, parallel)
+    position, restored, store = 0, {}, None
+    if workdir:
+        if resume and os.path.exists(rundir.config_path(workdir)):
+            rundir.check_resumable(workdir, config, blocks)
+            position, restored = rundir.resume_point(workdir, trainer, run)
+        else:  # a new run (--resume on an empty directory starts one)
+            distributed.on_process_zero(lambda: rundir.prepare(workdir, config, overwrite))
+        distributed.on_process_zero(lambda: rundir.write_run_record(workdir, blocks, task.partition))
+        distributed.sync_processes("dblocks_workdir_ready")
+        store = checkpoint.BlockCheckpoints(workdir, config.run.keep_checkpoints)
+    batches = batches or task.train_batches
+    session = _Session(config, trainer, run, store, streams={b: batches(b) for b in run.local_blocks},
+                       block_steps=run.block_steps_at(position), on_step=on_step)
+    for b, (_, record) in restored.items():
+        if 0 < session.block_steps[b] < config.optim.steps:
+            rundir.restore_stream(session.streams[b], record.get("data"), b)
+    session.logger = MetricsLogger(config, task.num_blocks, workdir, total=len(blocks) * config.optim.steps,
+                                   progress=progress, position=position, initial=sum(session.block_steps.values()))
+    session.host_params = {b: jax.device_get(state.ema) for b, (state, _) in restored.items()
+                           if session.block_steps[b] == config.optim.steps}
+    try:
+        if parallel is None:
+            session.train_single_device(position, restored)
+        else:
+            session.train_parallel(parallel, position, restored)
+        if store is not None:  # the last saves are still being written
+            error = None
+            try:
+                store.wait()
+            except checkpoint.CheckpointSaveError as err:
+                error = err
+            distributed.raise_everywhere(error, lambda: checkpoint.CheckpointSaveError(
+                "process 0 could not save a checkpoint (see its log)"))
+    finally:
+        session.logger.close()
+        if store is not None:
+            store.close()
+
+    params = [session.host_params.get(b) for b in range(task.num_blocks)]
+    if workdir and write_artifacts and all(p is not None for p in params) and jax.process_index() == 0:
+        task.write_artifacts(workdir, params)
+    return TrainResult(config, workdir, params, [session.block_steps.get(b, 0) for b in range(task.num_blocks)],
+                       [session.logger.last_loss.get(b, float("nan")) for b in range(task.num_blocks)])
+
+
+class _Run:
+    """Which block trains at each position of the run, and where its blocks live. A position is
+    one step of the plan: one block step for the single-device schedules, one step of every block
+    for the parallel one."""
+
+    def __init__(self, config, num_blocks: int, blocks: list[int], parallel):
+        self.num_blocks, self.blocks = num_blocks, blocks
+        if parallel is None:
+            self.plan = block_plan(num_blocks, config.optim.steps, config.schedule.name, config.run.seed, blocks)
+            self.length = len(self.plan)
+            self.local_blocks = self.owned_blocks = list(blocks)
+        else:
+            self.plan = None
+            self.length = config.optim.steps
+            self.local_blocks = [blocks[i] for i in parallel.local_positions]
+            # One process writes every checkpoint of a multi-process run (see checkpoint.py).
+            self.owned_blocks = list(blocks) if jax.process_index() == 0 else []
+
+    def block_steps_at(self, position: int) -> dict[int, int]:
+        """Steps each block has taken once `position` steps of the run are done."""
+        if self.plan is None:
+            return {b: position for b in self.blocks}
+        counts = np.bincount(self.plan[:position], minlength=self.num_blocks)
+        return {b: int(counts[b]) for b in self.blocks}
+
+
+@dataclasses.dataclass
+class _Session:
+    """The moving parts of one call of `train`, shared by the schedule executors."""
+
+    config: Any
+    trainer: BlockTrainer
+    run: _Run
+    store: checkpoint.BlockCheckpoints | None
+    streams: dict[int, Iterator]
+    block_steps: dict[int, int]
+    on_step: Callable | None
+    logger: MetricsLogger | None = None
+    host_params: dict[int, Params] = dataclasses.field(default_factory=dict)
+
+    def save(self, b: int, host_state: BlockState, pos: int, stream_state: Any = None) -> None:
+        if self.store is not None and b in self.run.owned_blocks and self.block_steps[b] > 0:
+            stream_state = rundir.stream_state(self.streams[b]) if stream_state is None else stream_state
+            self.store.save(b, self.block_steps[b], host_state,
+                            {"run_step": pos, "seed": self.config.run.seed, "data": stream_state})
+
+    def checkpoint_due(self, pos: int) -> bool:
+        every = self.config.run.checkpoint_every
+        return bool(every) and pos % every == 0
+
+    def train_single_device(self, position: int, restored: dict) -> None:
+        """interleaved and sequential: one block step per position."""
+        config, trainer, run, steps = self.config, self.trainer, self.run, self.config.optim.steps
+        last_step = {int(b): int(t) for t, b in enumerate(run.plan)}
+        resident: dict[int, BlockState] = {b: jax.device_put(state) for b, (state, _) in restored.items()
+                                           if self.block_steps[b] < steps}
+        if config.schedule.name == "interleaved":  # the paper's schedule keeps every block resident
+            resident.update({b: trainer.init_state(b) for b in run.blocks
+                             if b not in resident and self.block_steps[b] < steps})
+
+        def to_host(b: int, pos: int, drop: bool) -> None:
+            state = resident.pop(b) if drop else resident[b]
+            host_state = jax.device_get(state)
+            if drop:  # the block is done: free its device memory, keep what sampling needs
+                jax.tree.map(lambda x: x.delete(), state)
+                self.host_params[b] = host_state.ema
+            self.save(b, host_state, pos)
+
+        for t in range(position, run.length):
+            b = int(run.plan[t])
+            if b not in resident:
+                resident[b] = trainer.init_state(b)
+                self.logger.set_block(b)
+            resident[b], metrics = trainer.train_step(resident[b], next(self.streams[b]), b, self.block_steps[b])
+            self.logger.record(t, [b], [self.block_steps[b]], metrics)
+            self.block_steps[b] += 1
+            if self.on_step is not None:
+                self.on_step(t, b, resident)
+            pos = t + 1
+            finished, checkpoint_now = last_step[b] == t, self.checkpoint_due(pos)
+            if pos % config.run.log_every == 0 or finished or checkpoint_now:
+                self.logger.flush()  # never save past a non-finite loss
+            if finished:
+                to_host(b, pos, drop=True)
+            if checkpoint_now:
+                for other in list(resident):
+                    to_host(other, pos, drop=False)
+
+    def train_parallel(self, parallel, position: int, restored: dict) -> None:
+        """parallel: every block takes one step per position, on its own devices."""
+        run, blocks, local = self.run, self.run.blocks, self.run.local_blocks
+        if position:
+            states = parallel.stack_states({i: restored[blocks[i]][0] for i in parallel.local_positions},
+                                           self.trainer.abstract_state)
+        else:
+            states = parallel.init_states(parallel.block_ids)
+        for t in range(position, run.length):
+            batch = parallel.global_batch({b: next(self.streams[b]) for b in local})
+            states, metrics = parallel.train_step(states, batch, t)
+            self.logger.record(t, local, [t] * len(local), metrics, fetch=parallel.local_rows, count=len(blocks))
+            for b in blocks:
+                self.block_steps[b] = t + 1
+            if self.on_step is not None:
+                self.on_step(t, None, {})
+            pos = t + 1
+            checkpoint_now = self.checkpoint_due(pos) or pos == run.length
+            if pos % self.config.run.log_every == 0 or checkpoint_now:
+                self.logger.flush_everywhere()
+            if checkpoint_now:
+                self._save_parallel(parallel, states, pos)
+
+    def _save_parallel(self, parallel, states, pos: int) -> None:
+        blocks, local = self.run.blocks, self.run.local_blocks
+        if jax.process_count() == 1:
+            rows, stream_states = parallel.local_rows(states), {}
+        else:  # every block to process 0, which writes them (checkpoint.py says why)
+            rows = parallel.gather_rows(states)
+            stream_states = distributed.gather_json({b: rundir.stream_state(self.streams[b]) for b in local})
+        error = None
+        try:
+            for i, host_state in rows.items():
+                self.save(blocks[i], host_state, pos, stream_states.get(blocks[i]))
+                if pos == self.run.length and blocks[i] in local:
+                    self.host_params[blocks[i]] = host_state.ema
+        except checkpoint.CheckpointSaveError as err:
+            error = err
+        distributed.raise_everywhere(error, lambda: checkpoint.CheckpointSaveError(
+            "process 0 could not save a checkpoint (see its log)"))
+
+
+def _blocks_to_train(num_blocks: int, blocks: Sequence[int] | None) -> list[int]:
+    if blocks is None:
+        return list(range(num_blocks))
+    chosen = sorted(set(int(b) for b in blocks))
+    if not chosen or chosen[0] < 0 or chosen[-1] >= num_blocks:
+        raise ValueError(f"blocks={list(blocks)}; allowed: a non-empty subset of 0..{num_blocks - 1}")
+    return chosen
+
+
+def _parallel_trainer(trainer: BlockTrainer, blocks: list[int]):
+    """The mesh and compiled parallel step; the device count is checked before anything compiles."""
+    from dblocks_jax.engine import parallel
+
+    schedule = trainer.config.schedule
+    shape = parallel.mesh_shape(len(blocks), schedule.block_shards, schedule.data_shards, jax.device_count())
+    if jax.process_count() > 1 and shape[0] * shape[1] != jax.device_count():
+        raise ValueError(f"a multi-process run must use every device: block_shards x data_shards = {shape[0]} x "
+                         f"{shape[1]} = {shape[0] * shape[1]}, but there are {jax.device_count()} devices over "
+                         f"{jax.process_count()} processes; set block_shards and data_shards to fill them")
+    return parallel.ParallelTrainer(trainer, blocks, parallel.make_block_mesh(shape))

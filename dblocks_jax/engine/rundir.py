@@ -1,0 +1,208 @@
+"""The run directory: config.json, run.json, metrics.jsonl, checkpoints/block_XXX/<step>.
+
+What may go into a directory, what a resume must agree with, where a resume starts, and how
+blocks of separately trained runs come together. Which config fields must agree is read from
+their declared roles (`engine.settings`): a resume needs every ASSEMBLY and IDENTITY field
+unchanged, an assembly only the ASSEMBLY fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Sequence
+
+import jax
+
+from dblocks_jax.engine import checkpoint, distributed, settings
+
+
+def config_path(workdir: str) -> str:
+    return os.path.join(workdir, "config.json")
+
+
+def read_config(workdir: str, config_cls: type) -> Any:
+    """The config a run directory was trained with; a missing, broken or foreign file is named."""
+    path = config_path(workdir)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: --workdir must be a run directory written by `train`")
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it should be the config `train` wrote") from None
+    return config_cls.from_dict(values, source=path)
+
+
+def prepare(workdir: str, config: Any, overwrite: bool = False) -> None:
+    """Create the run directory; refuse to mix a new run into an old one unless asked to overwrite."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise FileExistsError(f"--workdir {workdir} is a file, not a directory")
+    existing = [n for n in ("checkpoints", "metrics.jsonl") if os.path.exists(os.path.join(workdir, n))]
+    if existing and not overwrite:
+        raise FileExistsError(f"{workdir} already holds a run ({', '.join(existing)}); choose another "
+                              f"--workdir or pass --overwrite to replace it")
+    for name in existing:
+        path = os.path.join(workdir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    os.makedirs(workdir, exist_ok=True)
+    with open(config_path(workdir), "w") as f:
+        f.write(config.to_json())
+
+
+def write_run_record(workdir: str, blocks: list[int], partition) -> None:
+    """run.json: what this run trains and where (config.json holds the rest); the partition's band
+    edges are written out so that a reader needs no code to see which block owns which levels."""
+    record = {"blocks": blocks, "process_count": jax.process_count(), "device_count": jax.device_count(),
+              "partition_boundaries": partition.boundaries.tolist()}
+    with open(os.path.join(workdir, "run.json"), "w") as f:
+        json.dump(record, f, indent=1)
+
+
+def read_run_record(workdir: str) -> dict | None:
+    path = os.path.join(workdir, "run.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_resumable(workdir: str, config: Any, blocks: list[int]) -> None:
+    """Refuse to resume with a different training config (the differing fields are listed) or
+    with another set of blocks."""
+    saved = read_config(workdir, type(config))
+    differing = settings.differences(saved, config, settings.TRAINING_ROLES)
+    if differing:
+        raise ValueError(f"cannot resume {workdir} with a different config; differing fields (saved -> now): "
+                         + "; ".join(differing))
+    record = read_run_record(workdir)
+    if record and record["blocks"] != blocks:
+        raise ValueError(f"cannot resume {workdir}: it trains blocks {record['blocks']}, not {blocks}")
+
+
+def read_runs_config(workdirs: Sequence[str], config_cls: type) -> Any:
+    """The config of one or several run directories whose blocks are to be used together: the
+    first one's, after checking that every other agrees on every ASSEMBLY field."""
+    configs = [read_config(w, config_cls) for w in workdirs]
+    for workdir, other in zip(workdirs[1:], configs[1:]):
+        ours = settings.values_with_roles(configs[0], [settings.ASSEMBLY])
+        theirs = settings.values_with_roles(other, [settings.ASSEMBLY])
+        differing = [f"{k}: {ours[k]!r} in {workdirs[0]} vs {theirs[k]!r} in {workdir}" for k in ours
+                     if ours[k] != theirs[k]]
+        if differing:
+            raise ValueError("these runs cannot be assembled into one model: their model-defining fields "
+                             "disagree: " + "; ".join(differing))
+    return configs[0]
+
+
+def find_blocks(workdirs: Sequence[str], num_blocks: int) -> dict[int, str]:
+    """{block: the run directory holding its checkpoints}; every block exactly once."""
+    found = {b: [w for w in workdirs if checkpoint.latest_step(w, b) is not None] for b in range(num_blocks)}
+    missing = [b for b, ws in found.items() if not ws]
+    if missing:
+        raise FileNotFoundError(f"no checkpoint for block(s) {missing} in {', '.join(workdirs)}: train them "
+                                f"(`dblocks train --blocks ...`) or add the run that has them")
+    twice = {b: ws for b, ws in found.items() if len(ws) > 1}
+    if twice:
+        raise ValueError("block(s) found in more than one run, which to use is ambiguous: "
+                         + "; ".join(f"block {b} in {', '.join(ws)}" for b, ws in twice.items()))
+    return {b: ws[0] for b, ws in found.items()}
+
+
+def restore_run(workdirs: str | Sequence[str], trainer) -> tuple[list, list[int]]:
+    """Every block's EMA parameters (what sampling uses) from the newest checkpoints, and their
+    steps. The blocks may come from several runs (trained separately): each must be in exactly one."""
+    workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
+    sources = find_blocks(workdirs, trainer.task.num_blocks)
+    params, steps = [], []
+    for b, workdir in sources.items():
+        state, record = checkpoint.restore_block(workdir, b, trainer.abstract_state)
+        params.append(state.ema)
+        steps.append(int(record["block_step"]))
+    return params, steps
+
+
+def assemble(workdirs: Sequence[str], out: str, config_cls: type, overwrite: bool = False) -> dict[int, str]:
+    """Gather the blocks of separately trained runs into one run directory `out` (config.json and
+    each block's newest checkpoint), which `sample` and `evaluate` then use like any run."""
+    config = read_runs_config(workdirs, config_cls)
+    sources = find_blocks(workdirs, config.model.num_blocks)
+    prepare(out, config, overwrite)
+    for b, workdir in sources.items():
+        step = checkpoint.latest_step(workdir, b)
+        shutil.copytree(checkpoint.step_dir(workdir, b, step), checkpoint.step_dir(out, b, step))
+    with open(os.path.join(out, "run.json"), "w") as f:
+        json.dump({"blocks": list(sources), "assembled_from": {str(b): os.path.abspath(w) for b, w in sources.items()}},
+                  f, indent=1)
+    return sources
+
+
+def stream_state(stream) -> Any:
+    """The position of a data stream, JSON-serialisable: `state()` or Grain's `get_state()`."""
+    if hasattr(stream, "state"):
+        return stream.state()
+    if hasattr(stream, "get_state"):
+        return stream.get_state()
+    return None
+
+
+def restore_stream(stream, state: Any, block: int) -> None:
+    if state is None:
+        raise ValueError(f"cannot resume block {block}: its checkpoint holds no data-stream position")
+    if hasattr(stream, "restore"):
+        stream.restore(state)
+    elif hasattr(stream, "set_state"):
+        stream.set_state(state)
+    else:
+        raise ValueError(f"cannot resume block {block}: its data stream ({type(stream).__name__}) has neither "
+                         f"restore() nor set_state()")
+
+
+def resume_point(workdir: str, trainer, run) -> tuple[int, dict[int, tuple[Any, dict]]]:
+    """The newest run step at which every block has an intact checkpoint, and those checkpoints
+    (for the blocks this process holds). Candidates are the run steps recorded with the
+    checkpoints, so a changed `checkpoint_every` does not matter. A checkpoint that fails to
+    restore is reported and skipped; checkpoints past the chosen step (corrupted, unreadable, or
+    from blocks saved ahead of the others) are moved to checkpoints/discarded/, never deleted."""
+    available = {b: set(checkpoint.all_steps(workdir, b)) for b in run.blocks}
+    recorded = {record["run_step"] for b in run.blocks for n in available[b]
+                if (record := checkpoint.read_record(workdir, b, n)) and "run_step" in record}
+    candidates = sorted((p for p in recorded if 0 < p <= run.length), reverse=True)
+    if jax.process_count() > 1:  # process 0's view decides, so every process tries the same steps
+        candidates = distributed.gather_json({0: candidates} if jax.process_index() == 0 else {})[0]
+    bad: set[tuple[int, int]] = set()
+    for position in candidates + [0]:
+        needed = {b: n for b, n in run.block_steps_at(position).items() if n > 0}
+        restored, ok = {}, True
+        for b, n in needed.items():
+            if b not in run.local_blocks:
+                continue
+            if n not in available[b] or (b, n) in bad:
+                ok = False
+                break
+            try:
+                restored[b] = checkpoint.restore_block(workdir, b, trainer.abstract_state, n)
+            except checkpoint.CorruptCheckpointError as err:
+                print(f"resume: {err}; falling back to an earlier checkpoint", flush=True)
+                bad.add((b, n))
+                ok = False
+                break
+        if not distributed.all_processes(ok):
+            continue
+        steps_at = run.block_steps_at(position)
+        stale = {b: sorted(n for n in available[b] if n > steps_at[b]) for b in run.blocks}
+        distributed.on_process_zero(lambda stale=stale: _discard(workdir, stale))
+        if position:
+            print(f"resume: continuing {workdir} after step {position} of {run.length}", flush=True)
+        elif any(available.values()):
+            print(f"resume: no step at which every block has an intact checkpoint in {workdir}; "
+                  f"starting from step 0", flush=True)
+        return position, restored
+    raise AssertionError("unreachable: position 0 needs no checkpoint")
+
+
+def _discard(workdir: str, stale: dict[int, list[int]]) -> None:
+    for b, steps in stale.items():
+        for path in checkpoint.discard_steps(workdir, b, steps):
+            print(f"resume: moved {path}: it lies past the resume point and will be rewritten", flush=True)

@@ -1,0 +1,133 @@
+"""Layers shared by the network families of dblocks-jax (the DiT denoiser today; a ViT and a
+transformer LM can reuse them).
+
+The transformer layer is DiT's adaLN-Zero block (Peebles & Xie, "Scalable Diffusion Models with
+Transformers", ICCV 2023, arXiv 2212.09748): the conditioning vector regresses a shift, scale and
+gate for each of the two residual branches, through a linear layer initialised at zero, so that a
+fresh layer is the identity and a fresh network starts from the skip connection.
+
+`LayerStack` keeps the parameters of its `depth` layers stacked along a leading axis and applies
+them with one `jax.lax.scan`: XLA sees a single copy of the layer, so the size of the compiled
+program, and its compile time, do not grow with depth. Shapes are named in variable suffixes:
+B batch, L tokens, D width, H heads, K head size, F MLP hidden width, C conditioning width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+_zeros = nnx.initializers.zeros_init()
+_xavier = nnx.initializers.xavier_uniform()
+
+
+def timestep_embedding(c_noise: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+    """Sinusoidal features (B, dim) of the noise level c_noise (B,) = ln(sigma)/4 (EDM).
+
+    For sigma in [0.002, 80], c_noise lies in [0.25 ln 0.002, 0.25 ln 80] = [-1.55, 1.10]. The
+    factor 250 stretches it to about [-388, 274], a span of ~660 comparable to the 0..999 integer
+    timesteps for which DiT's frequencies (periods 2*pi .. 2*pi*max_period) were chosen; without it
+    the whole range would sit inside one period of even the fastest frequency.
+    """
+    half = dim // 2
+    freqs = np.exp(-math.log(max_period) * np.arange(half) / half).astype(np.float32)
+    args_BF = (250.0 * c_noise.astype(jnp.float32))[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.cos(args_BF), jnp.sin(args_BF)], axis=-1)
+
+
+def sincos_pos_embedding(grid: int, width: int) -> np.ndarray:
+    """Fixed 2-D sine-cosine position embedding (grid*grid, width), as in DiT/MAE: half the
+    channels encode the row, half the column; zero-padded when width is not a multiple of 4."""
+    quarter = width // 4
+    omega = 1.0 / 10_000 ** (np.arange(quarter) / quarter)
+    ys, xs = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+
+    def embed(pos):
+        out = pos.reshape(-1)[:, None] * omega[None, :]
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    emb = np.concatenate([embed(ys), embed(xs)], axis=1)
+    return np.pad(emb, ((0, 0), (0, width - emb.shape[1]))).astype(np.float32)
+
+
+def modulate(x_BLD: jax.Array, shift_BD: jax.Array, scale_BD: jax.Array) -> jax.Array:
+    """adaLN modulation x * (1 + scale) + shift, with per-example shift and scale."""
+    return x_BLD * (1 + scale_BD[:, None, :]) + shift_BD[:, None, :]
+
+
+class AdaLNZeroLayer(nnx.Module):
+    """Pre-norm transformer layer (self-attention + GELU(tanh) MLP) with adaLN-Zero conditioning
+    (DiT, Peebles & Xie 2023): shift/scale/gate of both branches come from silu(cond) through a
+    zero-initialised linear, so a fresh layer is the identity."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float, dtype=jnp.float32, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        hidden = int(width * mlp_ratio)
+        linear = lambda i, o, init=_xavier: nnx.Linear(i, o, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.norm1 = nnx.LayerNorm(width, epsilon=1e-6, use_bias=False, use_scale=False, rngs=rngs)
+        self.qkv = linear(width, 3 * width)
+        self.proj = linear(width, width)
+        self.norm2 = nnx.LayerNorm(width, epsilon=1e-6, use_bias=False, use_scale=False, rngs=rngs)
+        self.fc1 = linear(width, hidden)
+        self.fc2 = linear(hidden, width)
+        self.ada = linear(width, 6 * width, init=_zeros)
+
+    def __call__(self, x_BLD: jax.Array, cond_BC: jax.Array) -> jax.Array:
+        shift1_BD, scale1_BD, gate1_BD, shift2_BD, scale2_BD, gate2_BD = jnp.split(
+            self.ada(nnx.silu(cond_BC)), 6, axis=-1)
+        h_BLD = modulate(self.norm1(x_BLD), shift1_BD, scale1_BD)
+        b, length, d = h_BLD.shape
+        qkv_BL3HK = self.qkv(h_BLD).reshape(b, length, 3 * self.num_heads, d // self.num_heads)
+        q_BLHK, k_BLHK, v_BLHK = jnp.split(qkv_BL3HK, 3, axis=2)
+        attn_BLD = jax.nn.dot_product_attention(q_BLHK, k_BLHK, v_BLHK).reshape(b, length, d)
+        x_BLD = x_BLD + gate1_BD[:, None, :] * self.proj(attn_BLD)
+        h_BLD = modulate(self.norm2(x_BLD), shift2_BD, scale2_BD)
+        h_BLF = nnx.gelu(self.fc1(h_BLD), approximate=True)
+        return x_BLD + gate2_BD[:, None, :] * self.fc2(h_BLF)
+
+
+class LayerStack(nnx.Module):
+    """`depth` AdaLNZeroLayers with their parameters stacked along a leading axis of size `depth`
+    (`self.layers` is one AdaLNZeroLayer whose every leaf has that extra axis), applied with one
+    `jax.lax.scan`, so the compiled program holds a single copy of the layer whatever the depth.
+
+    `remat=True` wraps the per-layer body in `jax.checkpoint`: the backward pass keeps only each
+    layer's input and recomputes the layer's activations.
+    """
+
+    def __init__(self, depth: int, width: int, num_heads: int, mlp_ratio: float, dtype=jnp.float32, *,
+                 remat: bool = False, rngs: nnx.Rngs):
+        self.num_layers, self.remat = depth, remat
+        keys = jax.random.split(rngs.params(), depth)  # one independent key per layer
+        make = lambda key: AdaLNZeroLayer(width, num_heads, mlp_ratio, dtype, rngs=nnx.Rngs(key))
+        self.layers = nnx.vmap(make, in_axes=0, out_axes=0)(keys)
+
+    def __call__(self, x_BLD: jax.Array, cond_BC: jax.Array, depth: jax.Array | None = None) -> jax.Array:
+        """Apply the layers in order. With `depth` (an int32 scalar, may be traced) layer i runs
+        only if i < depth; the others are the identity, with zero gradient for their parameters
+        (how blocks of an uneven layer split share one parameter structure)."""
+        graphdef, state = nnx.split(self.layers)
+
+        # A pure function of one layer's (sliced) state: merging inside the scan body builds the
+        # layer in the body's own trace, so it can also sit in a lax.cond branch and under
+        # jax.checkpoint without NNX seeing variables touched from another trace.
+        def run(layer_state, h_BLD):
+            return nnx.merge(graphdef, layer_state)(h_BLD, cond_BC)
+
+        if self.remat:
+            run = jax.checkpoint(run)
+
+        def body(h_BLD, inputs):
+            layer_state, index = inputs
+            if depth is None:
+                return run(layer_state, h_BLD), None
+            skip = lambda _, h: h
+            return jax.lax.cond(index < depth, run, skip, layer_state, h_BLD), None
+
+        indices = jnp.arange(self.num_layers, dtype=jnp.int32)
+        out_BLD, _ = jax.lax.scan(body, x_BLD, (state, indices), length=self.num_layers)
+        return out_BLD

@@ -1,0 +1,17 @@
+"""Tasks: each a plug-in on the task-free engine (`tasks.base.Task`)."""
+
+from __future__ import annotations
+
+
+def task_class(name: str) -> type:
+    """The Task class registered under `name` (imported on demand)."""
+    if name == "image_generation":
+        from dblocks_jax.tasks.image_generation import ImageGeneration
+
+        return ImageGeneration
+    raise ValueError(f"unknown task {name!r}; allowed: image_generation")
+
+
+def make_task(config):
+    """The task of `config`, built (its network's shapes known, nothing compiled)."""
+    return task_class(config.task)(config)

@@ -1,0 +1,180 @@
+"""Image generation (the paper's DiT experiments): each block a class-conditional EDM denoiser of
+images for its band of sigma, chained at inference by a probability-flow ODE sampler.
+
+- Level law: EDM's truncated log-normal over sigma (`engine.edm.EDM`), preconditioned denoiser
+  D(z, sigma) = c_skip z + c_out F(c_in z, c_noise, class) (EDM Table 1).
+- Block loss: lambda(sigma) ||D - y||^2 per example, computed in the numerically kinder F-space
+  form ||F - (y - c_skip z) / c_out||^2 (EDM eq. 8). Labels are replaced by the null class with
+  probability `model.label_dropout`, so that one network gives both terms of classifier-free
+  guidance (Ho & Salimans 2022): D = D_null + s (D_cond - D_null).
+- Chain: Euler (the paper's), Heun, or EDM's stochastic sampler over the level grid
+  (`engine.solvers`), each step run by the block that owns its sigma.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dblocks_jax import data
+from dblocks_jax.engine import solvers
+from dblocks_jax.engine.chain import stack_blocks
+from dblocks_jax.engine.edm import EDM, add_noise, per_example
+from dblocks_jax.engine.settings import require
+from dblocks_jax.models.dit import DiT
+from dblocks_jax.tasks.base import Task
+
+
+def balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
+    """Class labels in contiguous, equal-sized groups (a grid reads class by class)."""
+    return (np.arange(num_samples) * max(num_classes, 1) // num_samples).astype(np.int32)
+
+
+class ImageGeneration(Task):
+    name = "image_generation"
+
+    @classmethod
+    def validate(cls, config) -> None:
+        require(config.data.image_size % config.model.patch_size == 0, "model.patch_size", config.model.patch_size,
+                f"a positive divisor of data.image_size={config.data.image_size}")
+
+    def __init__(self, config):
+        self.info = data.dataset_info(config.data.dataset)  # reads TFDS metadata for tfds:<name> (no download)
+        super().__init__(config)
+        self.edm = self.law
+        self._samplers: dict[tuple, Callable] = {}
+
+    # -- the pieces the engine asks for -------------------------------------------------------------
+
+    def make_law(self) -> EDM:
+        return EDM(**dataclasses.asdict(self.config.noise))
+
+    def make_block(self, rngs: nnx.Rngs) -> DiT:
+        m, d = self.config.model, self.config.data
+        return DiT(image_size=d.image_size, channels=self.info.channels, patch_size=m.patch_size, width=m.width,
+                   depth=m.layers_per_block, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+                   num_classes=self.num_classes, dtype=jnp.dtype(m.dtype), remat=m.remat, rngs=rngs)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the model is conditioned on; 0 for an unconditional model."""
+        return self.info.num_classes if self.config.model.class_conditional else 0
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        size = self.config.data.image_size
+        return size, size, self.info.channels
+
+    def check_data(self) -> None:
+        if self.config.data.dataset.startswith("tfds:"):
+            data.tfds_source(self.config.data.dataset, "train")  # prepared? (never downloads)
+
+    def train_batches(self, block: int):
+        d = self.config.data
+        return data.train_batches(d.dataset, d.image_size, d.batch_size, seed=(self.config.run.seed, block))
+
+    def batch_spec(self, batch_size: int) -> dict:
+        return {"image": jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32),
+                "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+
+    def draw(self, key, block, batch_spec) -> dict:
+        """Sigmas from the block's own (widened) band, the Gaussian noise and the label-dropout mask."""
+        k_sigma, k_eps, k_drop = jax.random.split(key, 3)
+        shape = batch_spec["image"].shape
+        return {"sigma": self.partition.sample_level(k_sigma, block, shape[:1]),
+                "eps": jax.random.normal(k_eps, shape, jnp.float32),
+                "drop": jax.random.bernoulli(k_drop, self.config.model.label_dropout, shape[:1])}
+
+    def loss(self, params, batch, draw, block) -> jax.Array:
+        """lambda(sigma) ||D - y||^2 per example, in F-space: mean ||F - (y - c_skip z) / c_out||^2."""
+        y = batch["image"].astype(jnp.float32)
+        sigma = draw["sigma"]
+        z = add_noise(y, sigma, draw["eps"])
+        labels = jnp.where(draw["drop"], self.null_label, batch["label"]) if self.num_classes else None
+        _, _, c_in, c_noise = self.edm.scalings(sigma)
+        f = self.network(params)(per_example(c_in, z) * z, c_noise, labels, self.block_depth(block))
+        return jnp.mean((f.astype(jnp.float32) - self.edm.f_target(y, z, sigma)) ** 2, axis=(1, 2, 3))
+
+    # -- the denoiser and the chain -----------------------------------------------------------------
+
+    def denoise(self, params, z, sigma, labels=None, block=None) -> jax.Array:
+        """The preconditioned denoiser D(z, sigma) (float32), sigma one value per example."""
+        net = self.network(params)
+        return self.edm.denoise(lambda x, c_noise: net(x, c_noise, labels, self.block_depth(block)), z, sigma)
+
+    def guided_denoise(self, params, z, sigma, labels, guidance: float, block=None) -> jax.Array:
+        """Classifier-free guidance D = D_null + s (D_cond - D_null); one batched pass for both."""
+        if not self.num_classes or guidance == 1.0:
+            return self.denoise(params, z, sigma, labels if self.num_classes else None, block)
+        null = jnp.full_like(labels, self.null_label)
+        both = self.denoise(params, jnp.concatenate([z, z]), jnp.concatenate([sigma, sigma]),
+                            jnp.concatenate([labels, null]), block)
+        d_cond, d_null = jnp.split(both, 2)
+        return d_null + guidance * (d_cond - d_null)
+
+    def sampler(self, sampling) -> Callable:
+        """The compiled chain `sample(stacked_params, noise, labels, key)` for these sampler settings
+        (one compilation per settings, reused across seeds and calls)."""
+        key = dataclasses.astuple(sampling)
+        if key not in self._samplers:
+            guidance = float(sampling.guidance)
+            denoise = lambda params, z, sigma, labels, b: self.guided_denoise(params, z, sigma, labels, guidance, b)
+            self._samplers[key] = solvers.make_ode_sampler(
+                denoise, self.partition, num_steps=sampling.steps, solver=sampling.solver, grid=sampling.grid,
+                s_churn=sampling.s_churn, s_tmin=sampling.s_tmin, s_tmax=sampling.s_tmax, s_noise=sampling.s_noise)
+        return self._samplers[key]
+
+    def sampler_and_inputs(self, block_params: list, *, num_samples: int, seed: int = 0, labels=None,
+                           sampling=None) -> tuple[Callable, tuple]:
+        """What `generate` runs, unrun: the compiled sampler and its arguments (stacked parameters,
+        seeded noise, labels, chain key), so that callers can lower, compile and time it."""
+        if len(block_params) != self.num_blocks:
+            raise ValueError(f"got parameters for {len(block_params)} blocks; the partition has {self.num_blocks}")
+        sampling = sampling or self.config.sampling
+        if self.num_classes and labels is None:
+            labels = balanced_labels(num_samples, self.num_classes)
+        labels = None if labels is None or not self.num_classes else jnp.asarray(labels, jnp.int32)
+        seed_key = jax.random.key(seed)
+        noise = jax.random.normal(seed_key, (num_samples, *self.image_shape), jnp.float32)
+        chain_key = jax.random.fold_in(seed_key, 1)  # the stochastic solver's per-step noise
+        return self.sampler(sampling), (stack_blocks(block_params), noise, labels, chain_key)
+
+    def generate(self, block_params: list, *, num_samples: int, seed: int = 0, labels=None,
+                 sampling=None) -> jax.Array:
+        """Samples of a trained model (one parameter tree per block); class-conditional models get
+        balanced labels unless `labels` is given."""
+        sampler, args = self.sampler_and_inputs(block_params, num_samples=num_samples, seed=seed, labels=labels,
+                                                sampling=sampling)
+        return sampler(*args)
+
+    def samples(self, block_params: list, labels=None, sampling=None, seed: int | None = None,
+                num_samples: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Samples with the config's sampler settings (seed: run.seed); (images, labels)."""
+        sampling = sampling or self.config.sampling
+        n = num_samples or sampling.num_samples
+        if labels is None and self.num_classes:
+            labels = balanced_labels(n, self.num_classes)
+        images = self.generate(block_params, num_samples=n, labels=labels, sampling=sampling,
+                               seed=self.config.run.seed if seed is None else seed)
+        return np.asarray(images), (None if labels is None else np.asarray(labels))
+
+    def write_artifacts(self, workdir: str, block_params: list) -> None:
+        from dblocks_jax.evaluation.plots import save_image_grid
+
+        images, _ = self.samples(block_params)
+        save_image_grid(os.path.join(workdir, "samples.png"), images)
+
+    def random_batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:
+        """A batch of the right shapes and ranges (for benchmarks)."""
+        return {"image": rng.uniform(-1, 1, (batch_size, *self.image_shape)).astype(np.float32),
+                "label": rng.integers(0, max(self.info.num_classes, 1), batch_size).astype(np.int32)}
