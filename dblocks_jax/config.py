@@ -16,8 +16,8 @@ import json
 from typing import Any
 
 from dblocks_jax.engine import settings
-from dblocks_jax.engine.settings import (ASSEMBLY, IDENTITY, OptimConfig, PartitionConfig, RunConfig, SamplingConfig,
-                                         ScheduleConfig, Section, require, section, setting)
+from dblocks_jax.engine.settings import (ASSEMBLY, FREE, IDENTITY, OptimConfig, PartitionConfig, RunConfig,
+                                         SamplingConfig, ScheduleConfig, Section, require, section, setting)
 
 FORMAT = 2  # of config.json; 1 was the flat config of dblocks-jax 0.1
 DTYPES = ("float32", "bfloat16")
@@ -58,6 +58,8 @@ class ModelConfig(Section):
     label_dropout: float = setting(0.1, IDENTITY, "share of training labels replaced by the null class")
     dtype: str = setting("float32", IDENTITY, "compute dtype of the matmuls; parameters stay float32")
     remat: bool = setting(False, IDENTITY, "jax.checkpoint around every layer")
+    scan_layers: bool = setting(True, FREE, "apply the layers with lax.scan (compile time flat in depth); "
+                                            "false: unrolled (less memory, compile time grows with depth)")
 
     def check(self):
         require(self.family in ("dit",), self.field("family"), self.family, "dit")

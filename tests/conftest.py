@@ -1,6 +1,12 @@
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the session (and the child processes it starts): many tests
+# train the same tiny configs, whose steps then compile once. A fresh directory per session, so a
+# stale entry can never mask a change.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="dblocks_test_jax_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # Eight CPU devices for the block-parallel tests (must be set before JAX starts); everything else
 # runs on the first one, as it would without the flag.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):

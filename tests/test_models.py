@@ -173,3 +173,23 @@ def test_program_holds_one_layer_copy_whatever_the_depth(with_grad):
     # 2-layer and an 8-layer DiT have the same number of matrix products.
     shallow, deep = count_dot_generals(2, with_grad), count_dot_generals(8, with_grad)
     assert shallow == deep > 6, (shallow, deep)
+
+
+def test_unrolled_stack_is_the_same_function_with_the_same_parameters():
+    """`scan_layers=False` (a Python loop over the same stacked parameters) computes what the scan
+    does, skipped layers included, so checkpoints and results do not depend on the switch."""
+    def make(scan):
+        module = nnx.eval_shape(lambda: DiT(image_size=8, channels=1, patch_size=2, width=WIDTH, depth=MAX_DEPTH,
+                                            num_heads=HEADS, mlp_ratio=MLP_RATIO, num_classes=3,
+                                            scan_layers=scan, rngs=nnx.Rngs(0)))
+        graphdef, abstract = nnx.split(module, nnx.Param)
+        return graphdef, abstract
+
+    (scanned, abstract), (unrolled, abstract_unrolled) = make(True), make(False)
+    chex.assert_trees_all_equal_shapes_and_dtypes(abstract, abstract_unrolled)
+    params = perturbed(fresh_params(), jax.random.key(3))
+    x, c_noise, labels = inputs()
+    for depth in (None, jnp.int32(2)):
+        a = nnx.merge(scanned, params)(x, c_noise, labels, depth)
+        b = nnx.merge(unrolled, params)(x, c_noise, labels, depth)
+        np.testing.assert_allclose(a, b, atol=1e-5)

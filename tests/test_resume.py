@@ -177,4 +177,5 @@ def test_blocks_trained_in_separate_runs_assemble_into_one_sampler(tmp_path, cap
     train(config.override({"partition.overlap": 0.1}), other, blocks=[1], progress=False)
     capsys.readouterr()
     assert cli.main(["assemble", "--workdir", a, "--workdir", other, "--out", str(tmp_path / "bad")]) == 2
-    assert f"model-defining fields disagree: partition.overlap: 0.05 in {a} vs 0.1 in {other}" in capsys.readouterr().err
+    message = f"model-defining fields disagree: partition.overlap: 0.05 in {a} vs 0.1 in {other}"
+    assert message in capsys.readouterr().err

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dblocks_jax import EDM, BlockPartition
-from dblocks_jax.engine.chain import karras_grid, level_grid
+from dblocks_jax.engine.chain import karras_grid, level_grid, make_chain
 from dblocks_jax.engine.reference import solver_error
 from dblocks_jax.engine.solvers import evaluations_per_sample, make_ode_sampler
 
@@ -38,47 +38,43 @@ def constant_blocks(num_blocks):
     return values, lambda params, z, sigma, cond, block: jnp.full_like(z, params)
 
 
-def reference_trajectory(part, t, values, z, solver):
-    """Numpy replay of the ODE with the owner of each sigma found from the bands, not block_of."""
-    def owner(sigma):
-        hits = [b for b in range(part.num_blocks) if part.band(b)[0] < sigma <= part.band(b)[1]]
-        return hits[0] if hits else part.num_blocks - 1  # sigma_min belongs to the lowest band
+def band_owner(part, sigma):
+    """The block owning sigma, found from the bands (half-open (lo, hi]), not with block_of."""
+    hits = [b for b in range(part.num_blocks) if part.band(b)[0] < sigma <= part.band(b)[1]]
+    return hits[0] if hits else part.num_blocks - 1  # sigma_min belongs to the lowest band
 
-    used = []
-    for t_i, t_next in zip(t[:-1], t[1:]):
-        b = owner(t_i)
-        used.append(b)
-        d = (z - values[b]) / t_i
-        if solver == "euler":
-            z = z + (t_next - t_i) * d
-        else:
-            z_e = z + (t_next - t_i) * d
-            d2 = (z_e - values[owner(t_next)]) / t_next
-            z = z + (t_next - t_i) * 0.5 * (d + d2)
-    return np.full_like(z, values[owner(t[-1])]), used
+
+def test_chain_routes_every_step_to_the_block_that_owns_its_level():
+    """A chain whose state records, at each step, the parameters it was handed for the step's
+    block: they must be those of the block whose band holds the step's level, in network order."""
+    part = BlockPartition.equiprobable(4, overlap=0.1)  # overlap must not change ownership
+    values = jnp.asarray([10.0, 11.0, 12.0, 13.0])
+    t = level_grid("equiprobable", 12, part.law)
+
+    def step(params_at, state, cond, t_i, t_next, b, b_next, key):
+        visits, pos = state
+        return visits.at[pos].set(params_at(b)), pos + 1
+
+    read_out = lambda params_at, state, cond, t_last, b_last: (state[0], params_at(b_last))
+    visits, last = make_chain(step, read_out, part, t)(values, (jnp.zeros(12), jnp.int32(0)), None, jax.random.key(0))
+    expected = [10.0 + band_owner(part, s) for s in t[:-1]]
+    np.testing.assert_array_equal(np.asarray(visits), expected)
+    assert float(last) == 10.0 + band_owner(part, t[-1]) == 13.0
+    assert sorted(set(expected)) == [10.0, 11.0, 12.0, 13.0] and expected == sorted(expected)  # every block, in order
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun"])
-def test_sampler_runs_the_block_that_owns_each_sigma(solver):
-    part = BlockPartition.equiprobable(4, overlap=0.1)  # overlap must not change ownership
-    values, denoise = constant_blocks(4)
-    sampler = make_ode_sampler(denoise, part, num_steps=12, solver=solver)
+def test_sampler_trajectory_matches_float64_replay(solver):
+    part = BlockPartition.equiprobable(4, overlap=0.1)
     noise = jax.random.normal(jax.random.key(0), (2, 3, 3, 1))
-    # The final output is the constant of the lowest block; the trajectory is checked through a
-    # sampler whose final denoise is the identity of its input.
-    out = np.asarray(sampler(values, noise))
-    t = level_grid("equiprobable", 12, part.law)
-    expected, used = reference_trajectory(part, t, np.asarray(values, np.float64), 80.0 * np.asarray(noise), solver)
-    np.testing.assert_allclose(out, expected, rtol=1e-6)
-    assert sorted(set(used)) == [0, 1, 2, 3] and used == sorted(used)  # network order, every block
-
-    # Now observe z_K itself: make each block's D depend on z so the trajectory matters.
+    # Each block's D depends on z, so the trajectory (and which block ran each step) matters.
     tracking = lambda params, z, sigma, cond, block: params * z
     sampler = make_ode_sampler(tracking, part, num_steps=12, solver=solver)
     scales = jnp.asarray([0.1, 0.3, 0.6, 0.9], jnp.float32)
     got = np.asarray(sampler(scales, noise), np.float64)
+    t = level_grid("equiprobable", 12, part.law)
     z = 80.0 * np.asarray(noise, np.float64)
-    owners = part.block_of(t)
+    owners = [band_owner(part, s) for s in t]
     for i in range(12):
         b, b2 = owners[i], owners[i + 1]
         d = (z - scales[b] * z) / t[i]
@@ -142,9 +138,8 @@ def test_generate_reuses_one_compiled_sampler_across_seeds():
 def stochastic_reference(part, t, scales, z, keys, s_churn, s_tmin, s_tmax, s_noise):
     """EDM Algorithm 2 replayed in float64 numpy on blocks whose D is `scale_b * z`, with block
     ownership found from the bands (not block_of) and the same per-step noise."""
-    def owner(sigma):
-        hits = [b for b in range(part.num_blocks) if part.band(b)[0] < sigma <= part.band(b)[1]]
-        return hits[0] if hits else (0 if sigma > part.band(0)[1] else part.num_blocks - 1)
+    def owner(sigma):  # a churned level above sigma_max belongs to block 0
+        return 0 if sigma > part.band(0)[1] else band_owner(part, sigma)
 
     k = len(t) - 1
     gamma_max = min(s_churn / k, np.sqrt(2) - 1)

@@ -111,6 +111,16 @@ def memory_bytes(trainer: BlockTrainer, compiled, resident_blocks: int) -> dict[
     return mem
 
 
+def counted_flops(config, make_task: Callable, compiled=None) -> float | None:
+    """FLOPs of one train step from XLA's cost analysis. A scanned layer stack's loop body is
+    counted once whatever its trip count, so a scanned model is counted on its unrolled twin
+    (same parameters and math; compiled, never run)."""
+    if compiled is None or config.model.scan_layers:
+        unrolled = config.override({"model.scan_layers": False})
+        compiled = compile_step(BlockTrainer(make_task(unrolled)))[0]
+    return step_flops(compiled)
+
+
 def step_flops(compiled) -> float | None:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -184,7 +194,7 @@ def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettin
             "dtype": cfg.model.dtype, "device": device.device_kind, "platform": device.platform,
             "jax_version": jax.__version__, "compile_s": compile_s,
             "params_per_block": sum(x.size for x in jax.tree.leaves(trainer.task.abstract_params)),
-            "memory_bytes": mem, "flops_per_step": step_flops(compiled), "config": cfg.to_dict(),
+            "memory_bytes": mem, "flops_per_step": counted_flops(cfg, make_task, compiled), "config": cfg.to_dict(),
         }
         measured.append((record, trainer))
 
@@ -225,8 +235,8 @@ def add_model_flops(config, make_task: Callable, measured: list) -> None:
             continue
         twin = "e2e" if record["mode"] == "e2e-remat" else "db-sequential"
         if (twin, record["num_blocks"]) not in flops:
-            trainer = BlockTrainer(make_task(mode_config(config, twin, record["num_blocks"])))
-            flops[(twin, record["num_blocks"])] = step_flops(compile_step(trainer)[0])
+            flops[(twin, record["num_blocks"])] = counted_flops(mode_config(config, twin, record["num_blocks"]),
+                                                                make_task)
         record["model_flops_per_step"] = flops[(twin, record["num_blocks"])]
 
 
