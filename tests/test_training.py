@@ -143,7 +143,7 @@ def test_non_finite_gradient_with_finite_loss_is_reported_and_not_applied():
             base = super().loss(params, batch, draw, block)
             return base + jnp.sqrt(jnp.abs(params["final_linear"]["bias"][...][0]))  # the zero-initialised bias
 
-    task = SqrtLoss(tiny_config())
+    task = SqrtLoss(tiny_config(schedule="sequential"))  # block 0 takes the first step
     trainer = BlockTrainer(task)
     images, labels = data.load_split("shapes", "train", 8)
     batch = {"image": images[:16], "label": labels[:16]}
