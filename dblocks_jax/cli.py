@@ -21,11 +21,15 @@ from dblocks_jax.engine.settings import GRIDS, SAMPLING, SCHEDULES, SOLVERS, fie
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dblocks", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="show library logs (orbax, absl, asyncio) and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     presets = ", ".join(sorted(config_lib.PRESETS))
     set_help = "override a config field, e.g. --set model.width=64 (repeatable; `dblocks list --fields`)"
 
-    tr = sub.add_parser("train", help="train every block of a DiffusionBlocks model (B = 1: end-to-end)")
+    tr = sub.add_parser("train", parents=[common],
+                        help="train every block of a DiffusionBlocks model (B = 1: end-to-end)")
     tr.add_argument("--config", default="shapes", help=f"preset: {presets} (`dblocks list`)")
     tr.add_argument("--num-blocks", type=int, help="model.num_blocks: number of blocks B (1 = end-to-end baseline)")
     tr.add_argument("--steps", type=int, help="optim.steps: optimizer steps per block")
@@ -45,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--num-processes", type=int)
     dist.add_argument("--process-id", type=int)
 
-    sa = sub.add_parser("sample", help="draw samples from a trained run")
+    sa = sub.add_parser("sample", parents=[common], help="draw samples from a trained run")
     sa.add_argument("--workdir", required=True, action="append",
                     help="run directory; repeat it to use blocks trained in separate runs")
     sa.add_argument("--num-samples", type=int, help="sampling.num_samples")
@@ -58,11 +62,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="any sampling field, e.g. --set sampling.s_churn=40 for --solver edm_stochastic")
     sa.add_argument("--class", dest="class_label", type=int,
                     help="draw every sample of this class (default: a balanced grid over the classes)")
-    sa.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npz (images, labels)")
+    sa.add_argument("--batch-size", type=int, default=256, help="samples drawn at once (any --num-samples fits)")
+    sa.add_argument("--out", required=True, help="FILE.png (image grid), FILE.npz (images, labels) or FILE.npy "
+                                                 "(images, written batch by batch)")
 
-    ev = sub.add_parser("evaluate", help="score a trained run: Frechet distance in classifier feature space "
-                                         "and conditional accuracy, over several sampling seeds, and standard FID "
-                                         "for tfds datasets")
+    ev = sub.add_parser("evaluate", parents=[common],
+                        help="score a trained run: Frechet distance in classifier feature space and conditional "
+                             "accuracy, over several sampling seeds, and standard FID for tfds datasets")
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--seeds", default="0,1,2", help="comma-separated sampling seeds")
     ev.add_argument("--num-samples", type=int, help="samples per seed (default: the held-out split's size)")
@@ -77,12 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="also write the result here (default: <workdir>/evaluation.json, "
                                    "evaluation_untrained.json with --untrained)")
 
-    asm = sub.add_parser("assemble", help="gather blocks trained in separate runs into one run directory")
+    asm = sub.add_parser("assemble", parents=[common],
+                         help="gather blocks trained in separate runs into one run directory")
     asm.add_argument("--workdir", required=True, action="append", help="a run holding some blocks (repeat)")
     asm.add_argument("--out", required=True, help="the new run directory")
     asm.add_argument("--overwrite", action="store_true")
 
-    be = sub.add_parser("bench", help="measure memory, step and compile time, sampling cost: e2e vs DiffusionBlocks")
+    be = sub.add_parser("bench", parents=[common],
+                        help="measure memory, step and compile time, sampling cost: e2e vs DiffusionBlocks")
     be.add_argument("--config", default="shapes", help=f"preset: {presets}")
     be.add_argument("--num-blocks", default="1,2,4", help="comma-separated values of B, e.g. 1,2,3,4,6,12")
     be.add_argument("--modes", default=None, help="comma-separated subset of: e2e, e2e-remat, db-sequential, "
@@ -94,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
                     help=set_help)
     be.add_argument("--json", help="write the records here, with a .md table and a .png chart beside it")
 
-    ls = sub.add_parser("list", help="the presets, grouped by task (with --fields: every config field)")
+    ls = sub.add_parser("list", parents=[common],
+                        help="the presets, grouped by task (with --fields: every config field)")
     ls.add_argument("--fields", action="store_true", help="every config field with its default and role")
     return parser
 
@@ -113,7 +122,28 @@ def _flags(args: argparse.Namespace, mapping: dict[str, str]) -> dict:
     return {path: getattr(args, flag) for flag, path in mapping.items() if getattr(args, flag, None) is not None}
 
 
+SEED_LIMIT = 2**32  # what jax.random.key takes
+
+
+def check_seed(flag: str, seed: int | None) -> None:
+    """The one seed rule of every command: an integer in [0, 2**32)."""
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{flag} {seed}; allowed: an integer >= 0 and < 2**32")
+
+
+def check_output(flag: str, path: str) -> None:
+    """An output file's directory must exist and be writable: checked before any work is done."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"{flag} {path}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise ValueError(f"{flag} {path}: the directory {directory} is not writable")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a directory; give a file name")
+
+
 def train_config(args: argparse.Namespace) -> config_lib.Config:
+    check_seed("--seed", args.seed)
     overrides = config_lib.parse_overrides(args.overrides)
     overrides.update(_flags(args, {"num_blocks": "model.num_blocks", "steps": "optim.steps",
                                    "schedule": "schedule.name", "seed": "run.seed"}))
@@ -175,9 +205,14 @@ def run_sample(args: argparse.Namespace) -> None:
     from dblocks_jax import runs
     from dblocks_jax.evaluation.plots import save_image_grid
 
-    if not args.out.endswith((".png", ".npz")):
-        raise ValueError(f"--out must end in .png or .npz, got {args.out!r}")
-    task, params, _ = runs.load_run(args.workdir, sampling_overrides(args))
+    if not args.out.endswith((".png", ".npz", ".npy")):
+        raise ValueError(f"--out must end in .png, .npz or .npy, got {args.out!r}")
+    check_output("--out", args.out)
+    check_seed("--seed", args.seed)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}; allowed: an integer >= 1")
+    overrides = sampling_overrides(args)
+    task, params, _ = runs.load_run(args.workdir, overrides)
     s = task.config.sampling
     labels = None
     if args.class_label is not None:
@@ -185,11 +220,23 @@ def run_sample(args: argparse.Namespace) -> None:
             raise ValueError(f"--class {args.class_label}; allowed: 0..{task.num_classes - 1} for this run "
                              f"(model.class_conditional: {task.config.model.class_conditional})")
         labels = np.full(s.num_samples, args.class_label, np.int32)
-    images, labels = task.samples(params, labels=labels, seed=args.seed)
-    if args.out.endswith(".png"):
-        save_image_grid(args.out, images)
+    batches = task.sample_batches(params, labels=labels, seed=args.seed, batch_size=args.batch_size)
+    if args.out.endswith(".npy"):  # streamed: written batch by batch, never all in memory
+        out = np.lib.format.open_memmap(args.out, mode="w+", dtype=np.float32,
+                                        shape=(s.num_samples, *task.image_shape))
+        start = 0
+        for images, _ in batches:
+            out[start:start + len(images)] = images
+            start += len(images)
+        out.flush()
     else:
-        np.savez(args.out, images=images, labels=labels if labels is not None else np.zeros(0, np.int32))
+        parts = list(batches)
+        images = np.concatenate([p[0] for p in parts])
+        labels = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+        if args.out.endswith(".png"):
+            save_image_grid(args.out, images)
+        else:
+            np.savez(args.out, images=images, labels=labels if labels is not None else np.zeros(0, np.int32))
     print(f"wrote {s.num_samples} samples ({s.solver}, {s.steps} steps, {s.grid} grid, guidance {s.guidance}) "
           f"to {args.out}")
 
@@ -200,10 +247,14 @@ def run_evaluate(args: argparse.Namespace) -> None:
     overrides = _flags(args, {"steps": "sampling.steps", "guidance": "sampling.guidance"})
     if args.num_samples is not None and args.num_samples < 1:
         raise ValueError(f"--num-samples {args.num_samples}; allowed: an integer >= 1")
-    result = evaluate_run(args.workdir, seeds=_int_list("--seeds", args.seeds), num_samples=args.num_samples,
-                          overrides=overrides, untrained=args.untrained, inception_weights=args.inception_weights)
     default_name = "evaluation_untrained.json" if args.untrained else "evaluation.json"
     path = args.json or os.path.join(args.workdir, default_name)
+    check_output("--json", path)
+    seeds = _int_list("--seeds", args.seeds)
+    for seed in seeds:
+        check_seed("--seeds", seed)
+    result = evaluate_run(args.workdir, seeds=seeds, num_samples=args.num_samples,
+                          overrides=overrides, untrained=args.untrained, inception_weights=args.inception_weights)
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     fd, acc = result["frechet_distance"], result["conditional_accuracy"]
@@ -255,13 +306,56 @@ def run_list(args: argparse.Namespace) -> None:
             print(f"  {path}: {types[path].__name__} = {value!r} [{f.metadata['role']}]" + (f"  {doc}" if doc else ""))
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """Keep orbax's, absl's and asyncio's logs (tracebacks of cancelled saves, "Event loop is
+    closed") out of the terminal: the command prints what went wrong itself."""
+    import logging
+
+    level = logging.INFO if verbose else logging.CRITICAL
+    for name in ("absl", "orbax", "asyncio", "jax._src.distributed"):
+        logging.getLogger(name).setLevel(level)
+    if not verbose:
+        try:
+            from absl import logging as absl_logging
+
+            absl_logging.set_verbosity(absl_logging.FATAL)
+        except ImportError:
+            pass
+
+
+def interrupted_message(err, argv: list[str], args: argparse.Namespace) -> str:
+    """Where training stopped, the last committed checkpoint of each block and how to resume."""
+    from dblocks_jax.engine import checkpoint
+
+    workdir = getattr(err, "workdir", None) or args.workdir
+    where = f" after step {err.position} of {err.length}" if hasattr(err, "position") else ""
+    if not workdir or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return f"interrupted{where}; no checkpoint was committed"
+    blocks = sorted(int(n[6:]) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.startswith("block_"))
+    last = ", ".join(f"block {b}: step {checkpoint.latest_step(workdir, b)}" for b in blocks) or "none"
+    again = [a for a in argv if a not in ("--overwrite", "--resume")]
+    if "--workdir" not in again:
+        again += ["--workdir", workdir]
+    return (f"interrupted{where}; last committed checkpoint per block: {last}. Resume with: dblocks "
+            f"{' '.join(again)} --resume")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    quiet_libraries(args.verbose)
     commands = {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "bench": run_bench,
                 "assemble": run_assemble, "list": run_list}
+    from dblocks_jax.engine.lock import RunLockedError
+
     try:
         commands[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except KeyboardInterrupt as err:
+        print(f"dblocks {args.command}: {interrupted_message(err, argv, args)}", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, RunLockedError) as err:
+        if args.verbose:
+            raise
         print(f"dblocks {args.command}: error: {err}", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # NonFiniteLossError: names the block and the step
@@ -270,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointSaveError as err:  # names the directory; earlier checkpoints are intact
         print(f"dblocks {args.command}: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a file system refusing (full, read-only, permissions): name the path
+        if args.verbose:
+            raise
+        print(f"dblocks {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -65,7 +65,7 @@ def test_sample_errors_are_clear(tmp_path, capsys):
     assert cli.main(["sample", "--workdir", str(tmp_path), "--out", "x.png"]) == 2
     assert "config.json" in capsys.readouterr().err
     assert cli.main(["sample", "--workdir", str(tmp_path), "--out", "x.jpg"]) == 2
-    assert ".png or .npz" in capsys.readouterr().err
+    assert ".png, .npz or .npy" in capsys.readouterr().err
 
 
 def test_module_entry_point_runs_and_reports_bad_config():

@@ -150,6 +150,26 @@ def discard_steps(workdir: str, block: int, steps) -> list[str]:
     return moved
 
 
+def leaf_path(path) -> str:
+    """`params/patch_embed/kernel` for a tree path (attribute, key and index entries)."""
+    parts = [str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path]
+    return "/".join(p for p in parts if p != "value")
+
+
+def first_shape_mismatch(tree: Any, abstract: Any) -> str | None:
+    """The first leaf whose shape differs between a restored tree and the one the model expects
+    (orbax restores what was saved, whatever the target's shape)."""
+    got, _ = jax.tree_util.tree_flatten_with_path(tree)
+    want = jax.tree.leaves(abstract)
+    if len(got) != len(want):
+        return f"{len(got)} arrays in the checkpoint, {len(want)} in this config"
+    for (path, leaf), expected in zip(got, want):
+        if tuple(np.shape(leaf)) != tuple(expected.shape):
+            return (f"{leaf_path(path)} has shape {tuple(np.shape(leaf))} in the checkpoint, "
+                    f"{tuple(expected.shape)} in this config")
+    return None
+
+
 def latest_step(workdir: str, block: int) -> int | None:
     steps = all_steps(workdir, block)
     return steps[-1] if steps else None
@@ -171,6 +191,10 @@ def restore_block(workdir: str, block: int, abstract_state: Any, step: int | Non
         raise CorruptCheckpointError(f"cannot restore block {block} from {path} (truncated or corrupted?): "
                                      f"{type(err).__name__}: {err}") from err
     state, record = restored["state"], dict(restored["record"])
+    mismatch = first_shape_mismatch(state, abstract_state)
+    if mismatch:
+        raise CorruptCheckpointError(f"checkpoint {path} does not fit this config: {mismatch} (was it written with "
+                                     f"another model config? compare config.json with the run that saved it)")
     if record.get("checksum") != checksum(state):
         raise CorruptCheckpointError(f"checkpoint {path} is corrupted: its arrays do not match the checksum "
                                      f"written with them")

@@ -23,8 +23,42 @@ import jax
 import numpy as np
 
 from dblocks_jax.engine import checkpoint, distributed, rundir
+from dblocks_jax.engine.lock import RunLock
 from dblocks_jax.engine.logger import MetricsLogger
 from dblocks_jax.engine.trainer import BlockState, BlockTrainer, Params, block_plan
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: where it stopped. The checkpoints already committed are intact."""
+
+    def __init__(self, position: int, length: int, workdir: str | None):
+        super().__init__(f"interrupted after step {position} of {length}")
+        self.position, self.length, self.workdir = position, length, workdir
+
+
+def check_memory(task) -> None:
+    """Refuse, before compiling, a config whose lower bound of memory (`task.memory_floor()`) does
+    not fit in what the device (or, for data, the host) has."""
+    for needed, where, what in task.memory_floor():
+        available = available_bytes(where)
+        if available is not None and needed > available:
+            raise ValueError(f"{what} needs at least {needed / 2**30:,.1f} GiB of {where} memory; "
+                             f"{available / 2**30:,.1f} GiB available")
+
+
+def available_bytes(where: str) -> int | None:
+    """Memory the device can hold (its allocator's limit, or the host's free memory for a CPU
+    device), or the host's free memory."""
+    if where == "device":
+        stats = jax.devices()[0].memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"])
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: line.split()[1] for line in f}
+        return int(info["MemAvailable"]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 @dataclasses.dataclass
@@ -54,6 +88,19 @@ def train(task, workdir: str | None = None, *, overwrite: bool = False, resume: 
         raise ValueError(f"schedule.name={config.schedule.name!r} trains on one process; a multi-process run "
                          f"needs schedule.name='parallel'")
     task.check_data()  # the data exists (I/O), before anything compiles
+    check_memory(task)
+    lock = RunLock(workdir) if workdir and jax.process_index() == 0 else None
+    if lock is not None:  # before anything is written: a second writer is refused, an unwritable path named
+        lock.acquire()
+    try:
+        return _train_locked(task, workdir, overwrite, resume, blocks, batches, on_step, progress, write_artifacts)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(task, workdir, overwrite, resume, blocks, batches, on_step, progress, write_artifacts):
+    config = task.config
     trainer = BlockTrainer(task)
     parallel = _parallel_trainer(trainer, blocks) if config.schedule.name == "parallel" else None
     run = _Run(config, task.num_blocks, blocks, parallel)
@@ -62,6 +109,8 @@ def train(task, workdir: str | None = None, *, overwrite: bool = False, resume: 
         if resume and os.path.exists(rundir.config_path(workdir)):
             rundir.check_resumable(workdir, config, blocks)
             position, restored = rundir.resume_point(workdir, trainer, run)
+            # Only sampling and bookkeeping fields may differ: the directory records what is in effect.
+            distributed.on_process_zero(lambda: rundir.write_config(workdir, config))
         else:  # a new run (--resume on an empty directory starts one)
             distributed.on_process_zero(lambda: rundir.prepare(workdir, config, overwrite))
         distributed.on_process_zero(lambda: rundir.write_run_record(workdir, blocks, task.partition))
@@ -69,7 +118,7 @@ def train(task, workdir: str | None = None, *, overwrite: bool = False, resume: 
         store = checkpoint.BlockCheckpoints(workdir, config.run.keep_checkpoints)
     batches = batches or task.train_batches
     session = _Session(config, trainer, run, store, streams={b: batches(b) for b in run.local_blocks},
-                       block_steps=run.block_steps_at(position), on_step=on_step)
+                       block_steps=run.block_steps_at(position), on_step=on_step, position=position)
     for b, (_, record) in restored.items():
         if 0 < session.block_steps[b] < config.optim.steps:
             rundir.restore_stream(session.streams[b], record.get("data"), b)
@@ -78,10 +127,13 @@ def train(task, workdir: str | None = None, *, overwrite: bool = False, resume: 
     session.host_params = {b: jax.device_get(state.ema) for b, (state, _) in restored.items()
                            if session.block_steps[b] == config.optim.steps}
     try:
-        if parallel is None:
-            session.train_single_device(position, restored)
-        else:
-            session.train_parallel(parallel, position, restored)
+        try:
+            if parallel is None:
+                session.train_single_device(position, restored)
+            else:
+                session.train_parallel(parallel, position, restored)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(session.position, run.length, workdir) from None
         if store is not None:  # the last saves are still being written
             error = None
             try:
@@ -139,6 +191,7 @@ class _Session:
     streams: dict[int, Iterator]
     block_steps: dict[int, int]
     on_step: Callable | None
+    position: int  # run steps completed, for a message if training is interrupted
     logger: MetricsLogger | None = None
     host_params: dict[int, Params] = dataclasses.field(default_factory=dict)
 
@@ -178,9 +231,9 @@ class _Session:
             resident[b], metrics = trainer.train_step(resident[b], next(self.streams[b]), b, self.block_steps[b])
             self.logger.record(t, [b], [self.block_steps[b]], metrics)
             self.block_steps[b] += 1
+            self.position = pos = t + 1
             if self.on_step is not None:
                 self.on_step(t, b, resident)
-            pos = t + 1
             finished, checkpoint_now = last_step[b] == t, self.checkpoint_due(pos)
             if pos % config.run.log_every == 0 or finished or checkpoint_now:
                 self.logger.flush()  # never save past a non-finite loss
@@ -204,9 +257,9 @@ class _Session:
             self.logger.record(t, local, [t] * len(local), metrics, fetch=parallel.local_rows, count=len(blocks))
             for b in blocks:
                 self.block_steps[b] = t + 1
+            self.position = pos = t + 1
             if self.on_step is not None:
                 self.on_step(t, None, {})
-            pos = t + 1
             checkpoint_now = self.checkpoint_due(pos) or pos == run.length
             if pos % self.config.run.log_every == 0 or checkpoint_now:
                 self.logger.flush_everywhere()

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import jax
 
 from dblocks_jax.engine import checkpoint, distributed, settings
+from dblocks_jax.engine.lock import RunLock
 
 
 def config_path(workdir: str) -> str:
@@ -37,8 +38,6 @@ def read_config(workdir: str, config_cls: type) -> Any:
 
 def prepare(workdir: str, config: Any, overwrite: bool = False) -> None:
     """Create the run directory; refuse to mix a new run into an old one unless asked to overwrite."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise FileExistsError(f"--workdir {workdir} is a file, not a directory")
     existing = [n for n in ("checkpoints", "metrics.jsonl") if os.path.exists(os.path.join(workdir, n))]
     if existing and not overwrite:
         raise FileExistsError(f"{workdir} already holds a run ({', '.join(existing)}); choose another "
@@ -47,8 +46,15 @@ def prepare(workdir: str, config: Any, overwrite: bool = False) -> None:
         path = os.path.join(workdir, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     os.makedirs(workdir, exist_ok=True)
-    with open(config_path(workdir), "w") as f:
+    write_config(workdir, config)
+
+
+def write_config(workdir: str, config: Any) -> None:
+    """config.json, written to a temporary name and renamed (a reader sees all or nothing)."""
+    tmp = config_path(workdir) + f".tmp{os.getpid()}"
+    with open(tmp, "w") as f:
         f.write(config.to_json())
+    os.replace(tmp, config_path(workdir))
 
 
 def write_run_record(workdir: str, blocks: list[int], partition) -> None:
@@ -126,8 +132,20 @@ def restore_run(workdirs: str | Sequence[str], trainer) -> tuple[list, list[int]
 def assemble(workdirs: Sequence[str], out: str, config_cls: type, overwrite: bool = False) -> dict[int, str]:
     """Gather the blocks of separately trained runs into one run directory `out` (config.json and
     each block's newest checkpoint), which `sample` and `evaluate` then use like any run."""
+    real_out = os.path.realpath(out)
+    for w in workdirs:
+        real = os.path.realpath(w)
+        if real_out == real or real_out.startswith(real + os.sep) or real.startswith(real_out + os.sep):
+            raise ValueError(f"--out {out} overlaps the input run {w}: assemble into a new directory (nothing was "
+                             f"touched)")
     config = read_runs_config(workdirs, config_cls)
     sources = find_blocks(workdirs, config.model.num_blocks)
+    with RunLock(out):
+        _assemble_into(out, config, sources, overwrite)
+    return sources
+
+
+def _assemble_into(out: str, config: Any, sources: dict[int, str], overwrite: bool) -> None:
     prepare(out, config, overwrite)
     for b, workdir in sources.items():
         step = checkpoint.latest_step(workdir, b)
@@ -135,7 +153,6 @@ def assemble(workdirs: Sequence[str], out: str, config_cls: type, overwrite: boo
     with open(os.path.join(out, "run.json"), "w") as f:
         json.dump({"blocks": list(sources), "assembled_from": {str(b): os.path.abspath(w) for b, w in sources.items()}},
                   f, indent=1)
-    return sources
 
 
 def stream_state(stream) -> Any:

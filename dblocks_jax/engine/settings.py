@@ -184,7 +184,7 @@ class RunConfig(Section):
     keep_checkpoints: int = setting(2, FREE)
 
     def check(self):
-        require(self.seed >= 0, self.field("seed"), self.seed, "an integer >= 0")
+        require(0 <= self.seed < 2**32, self.field("seed"), self.seed, "an integer >= 0 and < 2**32")
         require(self.log_every >= 1, self.field("log_every"), self.log_every, "an integer >= 1")
         require(self.checkpoint_every >= 0, self.field("checkpoint_every"), self.checkpoint_every,
                 "an integer >= 0 (0: at block ends)")

@@ -51,6 +51,12 @@ class Task(abc.ABC):
     def check_data(self) -> None:
         """Check that the data exists and fits the config (may read metadata); before compiling."""
 
+    def memory_floor(self) -> list[tuple[int, str, str]]:
+        """Lower bounds of the memory a run needs, as (bytes, "device" or "host", what needs it,
+        naming the config fields): the engine refuses a config that cannot fit before compiling.
+        Lower bounds only, so that no config that would fit is refused."""
+        return []
+
     # -- what the engine reads ----------------------------------------------------------------------
 
     @property

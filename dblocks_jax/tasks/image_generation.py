@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any, Callable
 
 import jax
@@ -29,6 +30,18 @@ from dblocks_jax.engine.edm import EDM, add_noise, per_example
 from dblocks_jax.engine.settings import require
 from dblocks_jax.models.dit import DiT
 from dblocks_jax.tasks.base import Task
+
+
+def check_samples(images: np.ndarray, limit: float = 10.0) -> None:
+    """Warn (stderr) when samples are non-finite or far outside the data range [-1, 1]: the mark
+    of a diverged model or sampler, which a grid of clipped pixels would hide."""
+    finite = np.isfinite(images)
+    if not finite.all():
+        print(f"warning: {np.size(images) - int(finite.sum()):,} non-finite values in the samples (a diverged "
+              f"model or sampler?)", file=sys.stderr, flush=True)
+    elif np.abs(images).max() > limit:
+        print(f"warning: samples reach {np.abs(images).max():.3g}, far outside the data range [-1, 1] (a diverged "
+              f"model or sampler?)", file=sys.stderr, flush=True)
 
 
 def balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
@@ -79,6 +92,21 @@ class ImageGeneration(Task):
     def check_data(self) -> None:
         if self.config.data.dataset.startswith("tfds:"):
             data.tfds_source(self.config.data.dataset, "train")  # prepared? (never downloads)
+
+    def memory_floor(self) -> list[tuple[int, str, str]]:
+        """The bundled training split in host memory, and one layer's attention logits of one batch
+        on the device (B x heads x tokens^2 floats): both are held at once, whatever else the step
+        needs, so they bound its memory from below."""
+        d, m = self.config.data, self.config.model
+        tokens = (d.image_size // m.patch_size) ** 2
+        floors = [(4 * d.batch_size * m.num_heads * tokens**2, "device",
+                   f"attention over {tokens:,} tokens (data.image_size={d.image_size}, model.patch_size="
+                   f"{m.patch_size}, data.batch_size={d.batch_size}, model.num_heads={m.num_heads})")]
+        if not d.dataset.startswith("tfds:"):
+            n = data.SPLIT_SIZES["train"] if d.dataset in ("shapes", "patterns") else 1500
+            floors.append((4 * n * d.image_size**2 * self.info.channels, "host",
+                           f"the {d.dataset} training split at data.image_size={d.image_size}"))
+        return floors
 
     def train_batches(self, block: int):
         d = self.config.data
@@ -145,10 +173,20 @@ class ImageGeneration(Task):
         if self.num_classes and labels is None:
             labels = balanced_labels(num_samples, self.num_classes)
         labels = None if labels is None or not self.num_classes else jnp.asarray(labels, jnp.int32)
-        seed_key = jax.random.key(seed)
-        noise = jax.random.normal(seed_key, (num_samples, *self.image_shape), jnp.float32)
-        chain_key = jax.random.fold_in(seed_key, 1)  # the stochastic solver's per-step noise
-        return self.sampler(sampling), (stack_blocks(block_params), noise, labels, chain_key)
+        return self.sampler(sampling), (stack_blocks(block_params), self.noise(seed, 0, num_samples), labels,
+                                        self.chain_key(seed, 0))
+
+    def noise(self, seed: int, start: int, count: int) -> jax.Array:
+        """The starting noise of samples start..start+count-1, each from its own key, so a sample
+        does not depend on the batch it is drawn in."""
+        stream = jax.random.fold_in(jax.random.key(seed), 0)
+        keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(jnp.arange(start, start + count))
+        return jax.vmap(lambda k: jax.random.normal(k, self.image_shape, jnp.float32))(keys)
+
+    @staticmethod
+    def chain_key(seed: int, start: int) -> jax.Array:
+        """The stochastic solver's key for the batch that starts at sample `start`."""
+        return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), start)
 
     def generate(self, block_params: list, *, num_samples: int, seed: int = 0, labels=None,
                  sampling=None) -> jax.Array:
@@ -158,16 +196,33 @@ class ImageGeneration(Task):
                                                 sampling=sampling)
         return sampler(*args)
 
-    def samples(self, block_params: list, labels=None, sampling=None, seed: int | None = None,
-                num_samples: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Samples with the config's sampler settings (seed: run.seed); (images, labels)."""
+    def sample_batches(self, block_params: list, labels=None, sampling=None, seed: int | None = None,
+                       num_samples: int | None = None, batch_size: int = 256):
+        """Samples with the config's sampler settings (seed: run.seed), `batch_size` at a time:
+        yields (images, labels) per batch, so any number of samples fits in memory. The chain key
+        is the sampling seed's, each sample's noise its own: the samples do not depend on the
+        batch size. The stochastic solver's per-step noise is drawn per batch."""
         sampling = sampling or self.config.sampling
         n = num_samples or sampling.num_samples
+        seed = self.config.run.seed if seed is None else seed
         if labels is None and self.num_classes:
             labels = balanced_labels(n, self.num_classes)
-        images = self.generate(block_params, num_samples=n, labels=labels, sampling=sampling,
-                               seed=self.config.run.seed if seed is None else seed)
-        return np.asarray(images), (None if labels is None else np.asarray(labels))
+        stacked = stack_blocks(block_params)
+        sampler = self.sampler(sampling)
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            part = None if labels is None else np.asarray(labels[start:start + count])
+            cond = None if part is None or not self.num_classes else jnp.asarray(part, jnp.int32)
+            images = np.asarray(sampler(stacked, self.noise(seed, start, count), cond, self.chain_key(seed, start)))
+            check_samples(images)
+            yield images, part
+
+    def samples(self, block_params: list, labels=None, sampling=None, seed: int | None = None,
+                num_samples: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """All samples at once (see `sample_batches`); (images, labels)."""
+        parts = list(self.sample_batches(block_params, labels, sampling, seed, num_samples, batch_size=4096))
+        images = np.concatenate([p[0] for p in parts])
+        return images, (None if parts[0][1] is None else np.concatenate([p[1] for p in parts]))
 
     def write_artifacts(self, workdir: str, block_params: list) -> None:
         from dblocks_jax.evaluation.plots import save_image_grid
