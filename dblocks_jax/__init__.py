@@ -3,16 +3,27 @@
 A residual network cut into B blocks, each trained alone as a denoiser for its own band of noise
 levels, chained at inference. `engine` holds the method (task-free), `tasks` the problems it is
 applied to, `models`, `data` and `evaluation` what the tasks are built from.
+
+The names below are loaded on first use, so that importing `dblocks_jax.engine` (or any other
+subpackage) does not pull in the task layer.
 """
 
-from dblocks_jax.config import PRESETS, Config, get_config
-from dblocks_jax.engine.edm import EDM
-from dblocks_jax.engine.logger import NonFiniteLossError
-from dblocks_jax.engine.loop import TrainResult
-from dblocks_jax.engine.partition import BlockPartition
-from dblocks_jax.runs import load_run, read_run_config, train
-from dblocks_jax.tasks import make_task
+import importlib
 
-__all__ = ["BlockPartition", "Config", "EDM", "NonFiniteLossError", "PRESETS", "TrainResult", "get_config",
-           "load_run", "make_task", "read_run_config", "train"]
+_EXPORTS = {
+    "PRESETS": "dblocks_jax.config", "Config": "dblocks_jax.config", "get_config": "dblocks_jax.config",
+    "EDM": "dblocks_jax.engine.edm", "NonFiniteLossError": "dblocks_jax.engine.logger",
+    "TrainResult": "dblocks_jax.engine.loop", "BlockPartition": "dblocks_jax.engine.partition",
+    "load_run": "dblocks_jax.runs", "read_run_config": "dblocks_jax.runs", "train": "dblocks_jax.runs",
+    "make_task": "dblocks_jax.tasks",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.2.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dblocks_jax' has no attribute {name!r}")

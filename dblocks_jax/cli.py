@@ -16,7 +16,7 @@ import time
 
 from dblocks_jax import config as config_lib
 from dblocks_jax.engine.checkpoint import CheckpointSaveError
-from dblocks_jax.engine.settings import GRIDS, SAMPLING, SCHEDULES, SOLVERS, field_types, leaves
+from dblocks_jax.engine.settings import GRIDS, SAMPLING, SCHEDULES, SEED_LIMIT, SOLVERS, field_types, leaves
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,9 +120,6 @@ def _int_list(flag: str, text: str) -> tuple[int, ...]:
 
 def _flags(args: argparse.Namespace, mapping: dict[str, str]) -> dict:
     return {path: getattr(args, flag) for flag, path in mapping.items() if getattr(args, flag, None) is not None}
-
-
-SEED_LIMIT = 2**32  # what jax.random.key takes
 
 
 def check_seed(flag: str, seed: int | None) -> None:
@@ -327,6 +324,8 @@ def interrupted_message(err, argv: list[str], args: argparse.Namespace) -> str:
     """Where training stopped, the last committed checkpoint of each block and how to resume."""
     from dblocks_jax.engine import checkpoint
 
+    if args.command != "train":
+        return "interrupted; nothing was written"
     workdir = getattr(err, "workdir", None) or args.workdir
     where = f" after step {err.position} of {err.length}" if hasattr(err, "position") else ""
     if not workdir or not os.path.isdir(os.path.join(workdir, "checkpoints")):

@@ -169,6 +169,8 @@ class Config(Section):
             raise ValueError(f"{source}: expected a JSON object, got {type(values).__name__}")
         values = dict(values)
         fmt = values.pop("format", 1)
+        if fmt != FORMAT and fmt != 1:
+            raise ValueError(f"{source} has config format {fmt!r}; this version of dblocks-jax reads format {FORMAT}")
         if fmt != FORMAT:
             raise ValueError(f"{source} was written by dblocks-jax 0.1 (flat config format {fmt}); this is "
                              f"version 0.2 (config format {FORMAT}, scanned layer stacks), which cannot read its "

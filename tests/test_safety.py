@@ -181,7 +181,7 @@ def test_checkpoint_shapes_are_checked_against_the_config(two_halves, tmp_path, 
     from dblocks_jax.engine.trainer import BlockTrainer
 
     trainer = BlockTrainer(make_task(Config.from_dict(saved)))
-    with pytest.raises(checkpoint.CorruptCheckpointError, match=r"block_000/2 does not fit this config: params/"
+    with pytest.raises(checkpoint.IncompatibleCheckpointError, match=r"block_000/2 does not fit this config: params/"
                                                                 r"class_embed/embedding has shape \(4, 32\) in the "
                                                                 r"checkpoint, \(4, 16\) in this config"):
         checkpoint.restore_block(str(bad), 0, trainer.abstract_state)
@@ -237,3 +237,34 @@ def test_a_resume_past_a_corrupted_checkpoint_prints_messages_not_library_traceb
     assert resumed.returncode == 0, err[-3000:]
     assert "falling back to an earlier checkpoint" in out
     assert "Traceback" not in err and "Event loop is closed" not in err and "ERROR:absl" not in err, err[-3000:]
+
+
+def test_a_workdir_that_is_a_file_and_a_bench_base_config_are_handled(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "file"
+    path.write_text("not a directory")
+    assert cli.main(["train", "--workdir", str(path), *TINY]) == 2
+    assert f"--workdir {path} is a file, not a directory" in capsys.readouterr().err
+    # bench sets each mode's B itself: the preset's B = 4 must not reject a --set that B = 1, 2 satisfy.
+    from dblocks_jax.engine import bench
+
+    seen = []
+    monkeypatch.setattr(bench, "run_bench", lambda config, make_task, settings: seen.append(
+        [cfg.model.num_blocks for _, cfg in bench.plan_runs(config, settings)]) or [])
+    monkeypatch.setattr(bench, "compile_step", lambda *a: pytest.fail("compiled"))
+    assert cli.main(["bench", "--num-blocks", "1,2", "--modes", "db-sequential", "--set", "model.num_layers=2"]) == 0
+    assert seen == [[1, 2]]
+
+
+@pytest.mark.parametrize("argv", [["sample", "--workdir", "a", "--workdir", "b", "--out", "s.png"],
+                                  ["bench"], ["list"], ["evaluate", "--workdir", "a"]])
+def test_ctrl_c_outside_train_is_one_line_too(argv):
+    args = cli._parser().parse_args(argv)
+    assert cli.interrupted_message(KeyboardInterrupt(), argv, args) == "interrupted; nothing was written"
+
+
+def test_the_memory_floor_counts_the_examples_each_device_holds():
+    from dblocks_jax import make_task
+
+    one = make_task(tiny_config(schedule="parallel", data_shards=1)).memory_floor()[0][0]
+    four = make_task(tiny_config(schedule="parallel", data_shards=4)).memory_floor()[0][0]
+    assert one == 4 * four > 0

@@ -2,8 +2,8 @@
 functions are re-exported here."""
 
 from dblocks_jax.data.images import (PATTERN_SOURCES, SPLIT_SIZES, Batches, DatasetInfo, dataset_info,
-                                     dataset_names, load_split, make_shapes, resize, tfds_batches, tfds_source,
-                                     train_batches)
+                                     dataset_names, load_split, make_shapes, resize, split_size, tfds_batches,
+                                     tfds_source, train_batches)
 
 __all__ = ["PATTERN_SOURCES", "SPLIT_SIZES", "Batches", "DatasetInfo", "dataset_info", "dataset_names", "load_split",
-           "make_shapes", "resize", "tfds_batches", "tfds_source", "train_batches"]
+           "make_shapes", "resize", "split_size", "tfds_batches", "tfds_source", "train_batches"]

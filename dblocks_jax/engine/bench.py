@@ -127,14 +127,15 @@ def step_flops(compiled) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def time_steps(trainer: BlockTrainer, settings: BenchSettings) -> list[float]:
-    """Wall time of `time_steps` real training steps of block 0 after `warmup_steps`."""
+def time_steps(trainer: BlockTrainer, compiled, settings: BenchSettings) -> list[float]:
+    """Wall time of `time_steps` real training steps of block 0 after `warmup_steps`, run by the
+    executable the memory was read from (no second compilation)."""
     batch = random_batch(trainer.task.batch_spec(trainer.config.data.batch_size), np.random.default_rng(0))
     state = trainer.init_state(0)
     times = []
     for i in range(settings.warmup_steps + settings.time_steps):
         start = time.perf_counter()
-        state, step_metrics = trainer.train_step(state, batch, 0, i)
+        state, step_metrics = compiled(state, batch, 0, i)
         jax.block_until_ready((state, step_metrics))
         if i >= settings.warmup_steps:
             times.append(time.perf_counter() - start)
@@ -196,17 +197,17 @@ def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettin
             "params_per_block": sum(x.size for x in jax.tree.leaves(trainer.task.abstract_params)),
             "memory_bytes": mem, "flops_per_step": counted_flops(cfg, make_task, compiled), "config": cfg.to_dict(),
         }
-        measured.append((record, trainer))
+        measured.append((record, trainer, compiled))
 
     add_model_flops(config, make_task, measured)
-    for record, trainer in sorted(measured, key=lambda m: m[0]["memory_bytes"]["total_peak"]):
+    for record, trainer, compiled in sorted(measured, key=lambda m: m[0]["memory_bytes"]["total_peak"]):
         num_blocks = trainer.task.num_blocks
         if settings.time_steps:
             if progress:
                 print(f"bench: timing {record['mode']} B={num_blocks}", flush=True)
             resident = [trainer.init_state(b) for b in range(1, num_blocks)] \
                 if record["mode"] == "db-interleaved" else []  # the other blocks, as in real training
-            times = time_steps(trainer, settings)
+            times = time_steps(trainer, compiled, settings)
             del resident
             step = statistics.median(times)
             record.update(step_time_s=step, step_times_s=times, e2e_equivalent_time_s=step * num_blocks)
@@ -220,16 +221,16 @@ def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettin
             if sampler is not None:
                 record["sampler"] = sampler
 
-    records = [record for record, _ in measured]
-    add_analytic(records, [trainer for _, trainer in measured])
+    records = [record for record, _, _ in measured]
+    add_analytic(records, [trainer for _, trainer, _ in measured])
     return records
 
 
 def add_model_flops(config, make_task: Callable, measured: list) -> None:
     """`model_flops_per_step`: the FLOPs of the step without rematerialisation, so that MFU counts
     useful work only (a remat mode's own `flops_per_step` includes the recomputed forward)."""
-    flops = {(r["mode"], r["num_blocks"]): r["flops_per_step"] for r, _ in measured}
-    for record, _ in measured:
+    flops = {(r["mode"], r["num_blocks"]): r["flops_per_step"] for r, _, _ in measured}
+    for record, _, _ in measured:
         if not record["mode"].endswith("remat"):
             record["model_flops_per_step"] = record["flops_per_step"]
             continue

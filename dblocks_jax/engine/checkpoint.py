@@ -31,6 +31,11 @@ class CorruptCheckpointError(ValueError):
     """A checkpoint exists but cannot be read back as written; the message names its directory."""
 
 
+class IncompatibleCheckpointError(ValueError):
+    """A checkpoint reads back intact but does not fit the model of this config (another
+    architecture): not corruption, so a resume must not fall back past it."""
+
+
 def block_dir(workdir: str, block: int) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints", f"block_{block:03d}")
 
@@ -193,7 +198,7 @@ def restore_block(workdir: str, block: int, abstract_state: Any, step: int | Non
     state, record = restored["state"], dict(restored["record"])
     mismatch = first_shape_mismatch(state, abstract_state)
     if mismatch:
-        raise CorruptCheckpointError(f"checkpoint {path} does not fit this config: {mismatch} (was it written with "
+        raise IncompatibleCheckpointError(f"checkpoint {path} does not fit this config: {mismatch} (was it written with "
                                      f"another model config? compare config.json with the run that saved it)")
     if record.get("checksum") != checksum(state):
         raise CorruptCheckpointError(f"checkpoint {path} is corrupted: its arrays do not match the checksum "

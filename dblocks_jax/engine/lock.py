@@ -70,16 +70,27 @@ class RunLock:
         os.makedirs(self.workdir, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
               "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        for _ in range(2):  # at most one stale lock to take over
+        for _ in range(3):  # at most one stale lock to take over, and one race lost
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = _read(self.path)
                 pid, host = owner.get("pid"), owner.get("host")
                 if isinstance(pid, int) and host == me["host"] and not _alive(pid):
+                    # Rename, then check what was renamed: of two processes taking over the same stale
+                    # lock, only one renames that file; the other renames nothing (or a live lock,
+                    # which it puts back) and is refused on its next try.
+                    aside = f"{self.path}.stale.{os.getpid()}"
+                    try:
+                        os.rename(self.path, aside)
+                    except FileNotFoundError:
+                        continue
+                    if _read(aside).get("pid") != pid:
+                        os.rename(aside, self.path)
+                        continue
+                    os.remove(aside)
                     print(f"{self.workdir}: taking over the lock of process {pid} on {host}, which is no longer "
                           f"running ({owner.get('command', '?')}, since {owner.get('since', '?')})", flush=True)
-                    os.remove(self.path)
                     continue
                 who = (f"process {pid} on {host} ({owner.get('command', '?')}, since {owner.get('since', '?')})"
                        if pid else f"an unreadable lock file {self.path}")

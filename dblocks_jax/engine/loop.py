@@ -240,7 +240,7 @@ class _Session:
             if finished:
                 to_host(b, pos, drop=True)
             if checkpoint_now:
-                for other in list(resident):
+                for other in [r for r in resident if self.block_steps[r] > 0]:  # untrained: nothing to save
                     to_host(other, pos, drop=False)
 
     def train_parallel(self, parallel, position: int, restored: dict) -> None:

@@ -23,6 +23,10 @@ import math
 import typing
 from typing import Any, Iterable
 
+from dblocks_jax.engine.chain import GRIDS
+from dblocks_jax.engine.partition import STRATEGIES
+from dblocks_jax.engine.solvers import SOLVERS
+
 ASSEMBLY, IDENTITY, SAMPLING, FREE = "assembly", "identity", "sampling", "free"
 ROLES = (ASSEMBLY, IDENTITY, SAMPLING, FREE)
 TRAINING_ROLES = (ASSEMBLY, IDENTITY)  # a change invalidates checkpoints
@@ -86,8 +90,7 @@ class PartitionConfig(Section):
     overlap: float = setting(0.05, ASSEMBLY, "gamma: each band widened by this fraction of its log-width")
 
     def check(self):
-        require(self.strategy in ("equiprobable", "uniform_log"), self.field("strategy"), self.strategy,
-                "equiprobable, uniform_log")
+        require(self.strategy in STRATEGIES, self.field("strategy"), self.strategy, ", ".join(STRATEGIES))
         require(0.0 <= self.overlap < 0.5, self.field("overlap"), self.overlap, "a number in [0, 0.5)")
 
 
@@ -119,6 +122,7 @@ class OptimConfig(Section):
 
 
 SCHEDULES = ("interleaved", "sequential", "parallel")
+SEED_LIMIT = 2**32  # what jax.random.key takes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +144,6 @@ class ScheduleConfig(Section):
                                                f"data_shards={self.data_shards} asks for a device mesh")
 
 
-SOLVERS = ("euler", "heun", "edm_stochastic")
-GRIDS = ("equiprobable", "karras")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +186,7 @@ class RunConfig(Section):
     keep_checkpoints: int = setting(2, FREE)
 
     def check(self):
-        require(0 <= self.seed < 2**32, self.field("seed"), self.seed, "an integer >= 0 and < 2**32")
+        require(0 <= self.seed < SEED_LIMIT, self.field("seed"), self.seed, "an integer >= 0 and < 2**32")
         require(self.log_every >= 1, self.field("log_every"), self.log_every, "an integer >= 1")
         require(self.checkpoint_every >= 0, self.field("checkpoint_every"), self.checkpoint_every,
                 "an integer >= 0 (0: at block ends)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -97,13 +97,14 @@ class ImageGeneration(Task):
         """The bundled training split in host memory, and one layer's attention logits of one batch
         on the device (B x heads x tokens^2 floats): both are held at once, whatever else the step
         needs, so they bound its memory from below."""
-        d, m = self.config.data, self.config.model
+        d, m, s = self.config.data, self.config.model, self.config.schedule
         tokens = (d.image_size // m.patch_size) ** 2
-        floors = [(4 * d.batch_size * m.num_heads * tokens**2, "device",
+        per_device = d.batch_size // (s.data_shards if s.name == "parallel" else 1)  # 'data' splits the batch
+        floors = [(4 * per_device * m.num_heads * tokens**2, "device",
                    f"attention over {tokens:,} tokens (data.image_size={d.image_size}, model.patch_size="
-                   f"{m.patch_size}, data.batch_size={d.batch_size}, model.num_heads={m.num_heads})")]
+                   f"{m.patch_size}, {per_device} examples per device, model.num_heads={m.num_heads})")]
         if not d.dataset.startswith("tfds:"):
-            n = data.SPLIT_SIZES["train"] if d.dataset in ("shapes", "patterns") else 1500
+            n = data.split_size(d.dataset, "train")
             floors.append((4 * n * d.image_size**2 * self.info.channels, "host",
                            f"the {d.dataset} training split at data.image_size={d.image_size}"))
         return floors
@@ -154,7 +155,7 @@ class ImageGeneration(Task):
     def sampler(self, sampling) -> Callable:
         """The compiled chain `sample(stacked_params, noise, labels, key)` for these sampler settings
         (one compilation per settings, reused across seeds and calls)."""
-        key = dataclasses.astuple(sampling)
+        key = dataclasses.astuple(dataclasses.replace(sampling, num_samples=1))  # any count, one compilation
         if key not in self._samplers:
             guidance = float(sampling.guidance)
             denoise = lambda params, z, sigma, labels, b: self.guided_denoise(params, z, sigma, labels, guidance, b)
@@ -229,8 +230,3 @@ class ImageGeneration(Task):
 
         images, _ = self.samples(block_params)
         save_image_grid(os.path.join(workdir, "samples.png"), images)
-
-    def random_batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:
-        """A batch of the right shapes and ranges (for benchmarks)."""
-        return {"image": rng.uniform(-1, 1, (batch_size, *self.image_shape)).astype(np.float32),
-                "label": rng.integers(0, max(self.info.num_classes, 1), batch_size).astype(np.int32)}
