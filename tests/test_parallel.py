@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import child_xla_flags, tiny_config
 from hlo_tools import collectives, replica_groups
 
 from dblocks_jax import make_task, train
@@ -101,7 +101,7 @@ def free_port() -> int:
 def test_two_processes_train_two_blocks_like_one(tmp_path):
     config = tiny_config(steps=3, schedule="parallel", checkpoint_every=2)
     overrides = [f"--set={k}={v}" for k, v in paths_of(config).items()]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=child_xla_flags(1))
     port = free_port()
     command = [sys.executable, "-m", "dblocks_jax", "train", "--workdir", str(tmp_path), "--no-progress", *overrides]
     procs = [subprocess.Popen(command + [

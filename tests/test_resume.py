@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import paths, tiny_config
+from conftest import child_xla_flags, paths, tiny_config
 
 from dblocks_jax import cli, make_task, train
 from dblocks_jax.engine import checkpoint
@@ -49,7 +49,7 @@ except Exception as err:
 
 
 def run_child(config, workdir, mode: str, at: int) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=child_xla_flags(2))
     return subprocess.run([sys.executable, "-c", CHILD, config.to_json(), str(workdir), mode, str(at)], env=env,
                           capture_output=True, text=True, timeout=300)
 

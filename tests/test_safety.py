@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import child_xla_flags, tiny_config
 
 from dblocks_jax import cli, train
 from dblocks_jax.engine import checkpoint
@@ -26,7 +26,7 @@ TINY = ["--set", "data.image_size=8", "--set", "model.width=32", "--set", "model
 
 
 def cli_child(*args, timeout=300, **popen):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=child_xla_flags(1))
     return subprocess.Popen([sys.executable, "-m", "dblocks_jax", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **popen)
 
@@ -105,7 +105,7 @@ def test_a_read_only_workdir_is_named_before_anything_compiles(tmp_path):
     target.mkdir()
     script = (f"mount --bind {target} {target} && mount -o remount,bind,ro {target} && "
               f"exec {sys.executable} -m dblocks_jax train --workdir {target}/run --steps 1 " + " ".join(TINY))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=child_xla_flags(1))
     proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120,
                           env=env)
     assert proc.returncode == 2, proc.stderr[-2000:]

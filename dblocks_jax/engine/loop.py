@@ -50,7 +50,7 @@ def available_bytes(where: str) -> int | None:
     """Memory the device can hold (its allocator's limit, or the host's free memory for a CPU
     device), or the host's free memory."""
     if where == "device":
-        stats = jax.devices()[0].memory_stats() or {}
+        stats = jax.local_devices()[0].memory_stats() or {}
         if "bytes_limit" in stats:
             return int(stats["bytes_limit"])
     try:
