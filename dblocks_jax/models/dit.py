@@ -38,7 +38,7 @@ class DiT(nnx.Module):
     def __init__(self, *, image_size: int, channels: int, patch_size: int, width: int, depth: int,
                  num_heads: int, mlp_ratio: float, num_classes: int, dtype=jnp.float32, remat: bool = False,
                  scan_layers: bool = True, rngs: nnx.Rngs):
-        self.patch_size, self.width, self.num_classes, self.remat = patch_size, width, num_classes, remat
+        self.patch_size, self.width, self.num_classes = patch_size, width, num_classes
         self.grid = image_size // patch_size
         patch_dim = patch_size * patch_size * channels
         self.patch_embed = nnx.Linear(patch_dim, width, kernel_init=_xavier, dtype=dtype, rngs=rngs)
