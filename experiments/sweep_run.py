@@ -25,7 +25,7 @@ from sweep_report import write_json_atomic
 from dblocks_jax import data
 from dblocks_jax.config import Config, flat_to_nested
 from dblocks_jax.engine import bench
-from dblocks_jax.engine.settings import ASSEMBLY, IDENTITY, SAMPLING, leaves, values_with_roles
+from dblocks_jax.engine.settings import SAMPLING, TRAINING_ROLES, leaves, values_with_roles
 from dblocks_jax.engine.solvers import evaluations_per_sample
 from dblocks_jax.engine.trainer import BlockTrainer
 from dblocks_jax.evaluation import image_quality
@@ -38,8 +38,8 @@ FORMAT_VERSION = 2  # of a run record; 1: dblocks-jax 0.1 (its "config" is the f
 # Layout of the cached trained parameters, part of every train key: 1 was dblocks-jax 0.1 (one
 # parameter tree per layer), 2 is a scanned layer stack (other shapes, other leaf counts).
 PARAMS_FORMAT = 2
-TRAIN_ROLES = (ASSEMBLY, IDENTITY)  # what the trained parameters depend on
-RUN_ROLES = (ASSEMBLY, IDENTITY, SAMPLING)  # what a run measures; FREE fields (bookkeeping) are in neither
+TRAIN_ROLES = TRAINING_ROLES  # what the trained parameters depend on
+RUN_ROLES = (*TRAINING_ROLES, SAMPLING)  # what a run measures; FREE fields (bookkeeping) are in neither
 
 
 # --------------------------------------------------------------------------------------------------

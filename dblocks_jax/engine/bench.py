@@ -111,14 +111,22 @@ def memory_bytes(trainer: BlockTrainer, compiled, resident_blocks: int) -> dict[
     return mem
 
 
-def counted_flops(config, make_task: Callable, compiled=None) -> float | None:
+def counted_flops(config, make_task: Callable, compiled=None, cache: dict | None = None) -> float | None:
     """FLOPs of one train step from XLA's cost analysis. A scanned layer stack's loop body is
     counted once whatever its trip count, so a scanned model is counted on its unrolled twin
-    (same parameters and math; compiled, never run)."""
-    if compiled is None or config.model.scan_layers:
-        unrolled = config.override({"model.scan_layers": False})
-        compiled = compile_step(BlockTrainer(make_task(unrolled)))[0]
-    return step_flops(compiled)
+    (same parameters and math; compiled, never run). `cache` keeps the twins' counts: modes that
+    differ only in their schedule (e2e and db-sequential at B = 1, db-interleaved and
+    db-sequential) compile the same step."""
+    if compiled is not None and not config.model.scan_layers:
+        return step_flops(compiled)
+    unrolled = config.override({"model.scan_layers": False, "schedule.name": "sequential"})
+    key = unrolled.to_json()
+    if cache is None or key not in cache:
+        flops = step_flops(compile_step(BlockTrainer(make_task(unrolled)))[0])
+        if cache is None:
+            return flops
+        cache[key] = flops
+    return cache[key]
 
 
 def step_flops(compiled) -> float | None:
@@ -181,7 +189,7 @@ def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettin
     read after each mode is that mode's own peak on GPU/TPU.
     """
     device = jax.devices()[0]
-    measured = []
+    measured, flop_cache = [], {}
     for mode, cfg in plan_runs(config, settings):
         num_blocks = cfg.model.num_blocks
         if progress:
@@ -195,11 +203,12 @@ def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettin
             "dtype": cfg.model.dtype, "device": device.device_kind, "platform": device.platform,
             "jax_version": jax.__version__, "compile_s": compile_s,
             "params_per_block": sum(x.size for x in jax.tree.leaves(trainer.task.abstract_params)),
-            "memory_bytes": mem, "flops_per_step": counted_flops(cfg, make_task, compiled), "config": cfg.to_dict(),
+            "memory_bytes": mem, "flops_per_step": counted_flops(cfg, make_task, compiled, flop_cache),
+            "config": cfg.to_dict(),
         }
         measured.append((record, trainer, compiled))
 
-    add_model_flops(config, make_task, measured)
+    add_model_flops(config, make_task, measured, flop_cache)
     for record, trainer, compiled in sorted(measured, key=lambda m: m[0]["memory_bytes"]["total_peak"]):
         num_blocks = trainer.task.num_blocks
         if settings.time_steps:
@@ -226,7 +235,7 @@ def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettin
     return records
 
 
-def add_model_flops(config, make_task: Callable, measured: list) -> None:
+def add_model_flops(config, make_task: Callable, measured: list, flop_cache: dict | None = None) -> None:
     """`model_flops_per_step`: the FLOPs of the step without rematerialisation, so that MFU counts
     useful work only (a remat mode's own `flops_per_step` includes the recomputed forward)."""
     flops = {(r["mode"], r["num_blocks"]): r["flops_per_step"] for r, _, _ in measured}
@@ -237,7 +246,7 @@ def add_model_flops(config, make_task: Callable, measured: list) -> None:
         twin = "e2e" if record["mode"] == "e2e-remat" else "db-sequential"
         if (twin, record["num_blocks"]) not in flops:
             flops[(twin, record["num_blocks"])] = counted_flops(mode_config(config, twin, record["num_blocks"]),
-                                                                make_task)
+                                                                make_task, cache=flop_cache)
         record["model_flops_per_step"] = flops[(twin, record["num_blocks"])]
 
 
