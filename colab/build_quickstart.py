@@ -147,9 +147,14 @@ for name, s in scores.items():
 ]
 
 
-def notebook() -> dict:
+# The cell that installs the package on Colab and sets IN_COLAB and TINY (other notebooks reuse it).
+INSTALL_CELL = next(c for c in CELLS if c[1].startswith("# Install the package"))
+
+
+def notebook(cells_source=None) -> dict:
+    """The notebook of `cells_source` ((kind, source) pairs; default: this quickstart's)."""
     cells = []
-    for kind, source in CELLS:
+    for kind, source in cells_source or CELLS:
         lines = source.splitlines(keepends=True)
         cell = {"cell_type": kind, "id": f"cell-{len(cells)}", "metadata": {}, "source": lines}
         if kind == "code":
@@ -161,9 +166,14 @@ def notebook() -> dict:
         "language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5}
 
 
-if __name__ == "__main__":
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.ipynb")
+def write(name: str, nb: dict) -> None:
+    """colab/<name>.ipynb, as the tests compare it."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.ipynb")
     with open(path, "w") as f:
-        json.dump(notebook(), f, indent=1, ensure_ascii=False)
+        json.dump(nb, f, indent=1, ensure_ascii=False)
         f.write("\n")
     print("wrote", path)
+
+
+if __name__ == "__main__":
+    write("quickstart", notebook())

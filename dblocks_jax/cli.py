@@ -67,16 +67,20 @@ def _parser() -> argparse.ArgumentParser:
                                                  "(images, written batch by batch)")
 
     ev = sub.add_parser("evaluate", parents=[common],
-                        help="score a trained run: Frechet distance in classifier feature space and conditional "
-                             "accuracy, over several sampling seeds, and standard FID for tfds datasets")
+                        help="score a trained run over several seeds: generation (Frechet distance in classifier "
+                             "features, conditional accuracy, FID for tfds datasets) or classification (accuracy, "
+                             "ECE, NLL on the held-out split)")
     ev.add_argument("--workdir", required=True)
-    ev.add_argument("--seeds", default="0,1,2", help="comma-separated sampling seeds")
-    ev.add_argument("--num-samples", type=int, help="samples per seed (default: the held-out split's size)")
-    ev.add_argument("--steps", type=int, help="sampling.steps")
-    ev.add_argument("--guidance", type=float, help="sampling.guidance")
+    ev.add_argument("--seeds", default="0,1,2", help="comma-separated sampling (or chain) seeds")
+    ev.add_argument("--num-samples", type=int, help="generation: samples per seed (default: the held-out split's size)")
+    ev.add_argument("--steps", help="generation: sampling.steps; classification: network calls of the chain, "
+                                    "comma-separated to compare several, e.g. 3,6,12 (default: classify.steps)")
+    ev.add_argument("--guidance", type=float, help="generation: sampling.guidance")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="a sampling-role field, e.g. --set classify.official_table=true")
     ev.add_argument("--inception-weights", metavar="PATH",
-                    help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or an .npz with its keys): adds the "
-                         "standard FID (InceptionV3). tfds: datasets default to $DBLOCKS_INCEPTION_WEIGHTS; "
+                    help="generation: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or an .npz with its keys): "
+                         "adds the standard FID (InceptionV3). tfds: datasets default to $DBLOCKS_INCEPTION_WEIGHTS; "
                          "bundled datasets only with this flag")
     ev.add_argument("--untrained", action="store_true",
                     help="score freshly initialised blocks of the run's config (the baseline to beat)")
@@ -180,11 +184,19 @@ def run_train(args: argparse.Namespace) -> None:
                         progress=not args.no_progress)
     losses = ", ".join(f"{loss:.4f}" for loss in result.final_loss if not math.isnan(loss))
     print(f"done in {time.perf_counter() - start:.0f} s; final loss per block: {losses or 'n/a (resumed at the end)'}")
-    if os.path.exists(os.path.join(workdir, "samples.png")) and all(p is not None for p in result.params):
-        print(f"samples: {os.path.join(workdir, 'samples.png')}")
-    else:
+    accuracy = os.path.join(workdir, "accuracy.json")
+    if not all(p is not None for p in result.params):
         print(f"checkpoints: {os.path.join(workdir, 'checkpoints')} (this process trained part of the model: "
               f"`dblocks sample` or `dblocks assemble` once every block is trained)")
+    elif os.path.exists(os.path.join(workdir, "samples.png")):
+        print(f"samples: {os.path.join(workdir, 'samples.png')}")
+    elif os.path.exists(accuracy):
+        with open(accuracy) as f:
+            scores = json.load(f)
+        print(f"held-out accuracy {scores['accuracy']['mean']:.4f}, ECE {scores['ece']['mean']:.4f} "
+              f"({scores['steps']} network call(s), {scores['num_examples']} images) -> {accuracy}")
+    else:
+        print(f"checkpoints: {os.path.join(workdir, 'checkpoints')}")
 
 
 def run_assemble(args: argparse.Namespace) -> None:
@@ -209,6 +221,9 @@ def run_sample(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}; allowed: an integer >= 1")
     overrides = sampling_overrides(args)
+    if runs.read_run_config(args.workdir).task != "image_generation":
+        raise ValueError(f"sample draws images from an image_generation run; {args.workdir[0]} holds a run of "
+                         f"task {runs.read_run_config(args.workdir).task} (score it with `dblocks evaluate`)")
     task, params, _ = runs.load_run(args.workdir, overrides)
     s = task.config.sampling
     labels = None
@@ -236,37 +251,6 @@ def run_sample(args: argparse.Namespace) -> None:
             np.savez(args.out, images=images, labels=labels if labels is not None else np.zeros(0, np.int32))
     print(f"wrote {s.num_samples} samples ({s.solver}, {s.steps} steps, {s.grid} grid, guidance {s.guidance}) "
           f"to {args.out}")
-
-
-def run_evaluate(args: argparse.Namespace) -> None:
-    from dblocks_jax.tasks.image_generation_eval import evaluate_run
-
-    overrides = _flags(args, {"steps": "sampling.steps", "guidance": "sampling.guidance"})
-    if args.num_samples is not None and args.num_samples < 1:
-        raise ValueError(f"--num-samples {args.num_samples}; allowed: an integer >= 1")
-    default_name = "evaluation_untrained.json" if args.untrained else "evaluation.json"
-    path = args.json or os.path.join(args.workdir, default_name)
-    check_output("--json", path)
-    seeds = _int_list("--seeds", args.seeds)
-    for seed in seeds:
-        check_seed("--seeds", seed)
-    result = evaluate_run(args.workdir, seeds=seeds, num_samples=args.num_samples,
-                          overrides=overrides, untrained=args.untrained, inception_weights=args.inception_weights)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    fd, acc = result["frechet_distance"], result["conditional_accuracy"]
-    print(f"Frechet distance (classifier features, {result['num_samples']} samples vs {result['num_reference']} "
-          f"held-out): {fd['mean']:.3f} +/- {fd['std']:.3f} over {len(result['seeds'])} seeds")
-    if acc:
-        print(f"conditional accuracy: {acc['mean']:.3f} +/- {acc['std']:.3f} "
-              f"(classifier's own held-out accuracy: {result['classifier']['held_out_accuracy']:.3f})")
-    fid = result["fid"]
-    if fid:
-        print(f"FID (InceptionV3 pool3, {result['num_samples']} samples vs {result['num_reference']} held-out): "
-              f"{fid['mean']:.2f} +/- {fid['std']:.2f} over {len(result['seeds'])} seeds (weights: {fid['weights']})")
-    elif result["dataset"].startswith("tfds:"):
-        print(f"FID not computed: {result['fid_skipped']}")
-    print(f"wrote {path}")
 
 
 def run_bench(args: argparse.Namespace) -> None:
@@ -343,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     quiet_libraries(args.verbose)
+    from dblocks_jax.cli_evaluate import run_evaluate
+
     commands = {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "bench": run_bench,
                 "assemble": run_assemble, "list": run_list}
     from dblocks_jax.engine.lock import RunLockedError

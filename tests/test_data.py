@@ -122,3 +122,50 @@ def test_unknown_tfds_dataset_is_refused_before_anything_compiles(monkeypatch):
     with pytest.raises(ValueError, match="unknown dataset 'tfds:no_such_dataset'"):
         make_task(config)
     assert make_task(get_config("shapes", {"data.dataset": "tfds:fashion_mnist"})).num_classes == 10
+
+
+def test_crop_and_flip_move_pixels_and_augmented_streams_resume():
+    from dblocks_jax.data import augment
+
+    images = np.arange(2 * 8 * 8 * 1, dtype=np.float32).reshape(2, 8, 8, 1) / 128.0 - 0.5
+    many = np.repeat(images, 16, axis=0)
+    flipped = augment.random_flip(many, np.random.default_rng(3))
+    mirrored = [np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, many)]
+    kept = [np.array_equal(f, i) for f, i in zip(flipped, many)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and 8 <= sum(mirrored) <= 24 and any(kept)
+    cropped = augment.random_crop(images, np.random.default_rng(0), pad=1)
+    for c, i in zip(cropped, images):  # a shifted window of the image padded with black (-1)
+        padded = np.pad(i, ((1, 1), (1, 1), (0, 0)), constant_values=-1.0)
+        assert any(np.array_equal(c, padded[y:y + 8, x:x + 8]) for y in range(3) for x in range(3))
+    shifts = augment.random_crop(np.repeat(images[:1], 64, axis=0), np.random.default_rng(1), pad=1)
+    assert len({s.tobytes() for s in shifts}) == 9  # every offset of a pad-1 crop is drawn
+
+    stream = data.train_batches("digits", 8, 16, seed=(0, 1), augment="crop")
+    plain = data.train_batches("digits", 8, 16, seed=(0, 1))
+    first, unaugmented = next(stream), next(plain)
+    np.testing.assert_array_equal(first["label"], unaugmented["label"])  # same order, other pixels
+    assert not np.array_equal(first["image"], unaugmented["image"])
+    state = stream.state()
+    expected = next(stream)["image"]
+    stream.restore(state)
+    np.testing.assert_array_equal(next(stream)["image"], expected)
+    with pytest.raises(ValueError, match="unknown augmentation 'mixup'"):
+        data.train_batches("digits", 8, 16, seed=0, augment="mixup")
+
+
+def test_tfds_stream_augments_in_the_grain_pipeline_deterministically(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with tfds.testing.mock_data(num_examples=32):
+        plain = next(data.tfds_batches("tfds:cifar10", 8, 8, seed=(0, 1)))
+        a, b = (next(data.tfds_batches("tfds:cifar10", 8, 8, seed=(0, 1), augment="crop_flip")) for _ in range(2))
+        stream = data.tfds_batches("tfds:cifar10", 8, 8, seed=(0, 1), augment="crop_flip")
+        next(stream)
+        state = json.loads(json.dumps(stream.get_state()))
+        expected = next(stream)["image"]
+        stream.set_state(state)
+        np.testing.assert_array_equal(next(stream)["image"], expected)  # the augmentation resumes too
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], plain["label"])
+    assert not np.array_equal(a["image"], plain["image"])

@@ -7,28 +7,32 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
 from dblocks_jax.tasks.image_generation_eval import evaluate_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "colab", "quickstart.ipynb")
+NOTEBOOKS = {"quickstart": "build_quickstart.py", "classification": "build_classification.py"}
 
 
-def test_notebook_is_current_nbformat_4():
-    with open(NOTEBOOK) as f:
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_current_nbformat_4(name):
+    with open(os.path.join(ROOT, "colab", f"{name}.ipynb")) as f:
         nb = json.load(f)
     assert nb["nbformat"] == 4
     assert all(c["cell_type"] in ("markdown", "code") and isinstance(c["source"], list) for c in nb["cells"])
     assert all(c["outputs"] == [] for c in nb["cells"] if c["cell_type"] == "code")
-    # The committed notebook is what colab/build_quickstart.py writes.
-    spec = importlib.util.spec_from_file_location("build", os.path.join(ROOT, "colab", "build_quickstart.py"))
+    # The committed notebook is what its colab/build_*.py writes.
+    spec = importlib.util.spec_from_file_location(f"build_{name}", os.path.join(ROOT, "colab", NOTEBOOKS[name]))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.notebook() == nb
 
 
-def test_notebook_runs_top_to_bottom_on_tiny_settings(tmp_path, monkeypatch):
+def run_notebook(name: str, tmp_path, monkeypatch) -> dict:
+    """Execute the notebook's code cells in order in one namespace, on tiny settings."""
     monkeypatch.setenv("DBLOCKS_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("DBLOCKS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -36,12 +40,36 @@ def test_notebook_runs_top_to_bottom_on_tiny_settings(tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
-    with open(NOTEBOOK) as f:
+    with open(os.path.join(ROOT, "colab", f"{name}.ipynb")) as f:
         cells = [c for c in json.load(f)["cells"] if c["cell_type"] == "code"]
     namespace = {"__name__": "__main__"}
     for i, cell in enumerate(cells):
         source = "".join(cell["source"])
-        exec(compile(source, f"quickstart.ipynb, code cell {i}", "exec"), namespace)
+        exec(compile(source, f"{name}.ipynb, code cell {i}", "exec"), namespace)
+    return namespace
+
+
+def test_classification_notebook_runs_top_to_bottom_on_tiny_settings(tmp_path, monkeypatch):
+    from dblocks_jax.tasks.image_classification_eval import score
+
+    namespace = run_notebook("classification", tmp_path, monkeypatch)
+    assert namespace["TINY"] and not namespace["IN_COLAB"]
+    db = "DiffusionBlocks B = 3"
+    assert namespace["results"][db].block_steps == [30, 30, 30]
+    assert sorted(namespace["accuracy_by_steps"]) == [3, 6]
+    labels = namespace["labels"]
+    assert int(namespace["bins"][db]["count"].sum()) == len(labels) == 297
+    # The notebook's scores are those `dblocks evaluate` computes on its own code path.
+    task, params = namespace["tasks"][db], namespace["results"][db].params
+    reference = score(task, params, steps=None, seeds=(0,))
+    for metric in ("accuracy", "ece", "nll"):
+        assert namespace["scores"][db][metric] == pytest.approx(reference[metric]["mean"], rel=1e-6)
+    assert namespace["accuracy_by_steps"][3][0] == pytest.approx(
+        np.mean([score(task, params, steps=3, seeds=(s,))["accuracy"]["mean"] for s in (0, 1)]), rel=1e-6)
+
+
+def test_notebook_runs_top_to_bottom_on_tiny_settings(tmp_path, monkeypatch):
+    namespace = run_notebook("quickstart", tmp_path, monkeypatch)
 
     assert namespace["TINY"] and not namespace["IN_COLAB"]
     config = namespace["config"]

@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
+
+from dblocks_jax.data.augment import make_augment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,7 @@ _TFDS = {
     "mnist": DatasetInfo("tfds:mnist", channels=1, num_classes=10, image_size=28),
     "fashion_mnist": DatasetInfo("tfds:fashion_mnist", channels=1, num_classes=10, image_size=28),
     "cifar10": DatasetInfo("tfds:cifar10", channels=3, num_classes=10, image_size=32),
+    "cifar100": DatasetInfo("tfds:cifar100", channels=3, num_classes=100, image_size=32),
 }
 SPLIT_SIZES = {"train": 8192, "test": 1024}
 _SPLIT_SEEDS = {"train": 0, "test": 1}
@@ -151,12 +154,14 @@ def tfds_source(name: str, split: str):
             f".download_and_prepare()), then copy the directory here.") from None
 
 
-def tfds_batches(name: str, image_size: int, batch_size: int, seed) -> Iterator[dict[str, np.ndarray]]:
+def tfds_batches(name: str, image_size: int, batch_size: int, seed,
+                 augment: str = "none") -> Iterator[dict[str, np.ndarray]]:
     """Endless shuffled training batches of a TFDS dataset through Grain: deterministic per seed,
     a new order every epoch, prefetched on threads; get_state()/set_state() make it resumable.
     Every block has its own stream, and in a multi-process run only the processes that train a
     block read its stream (the 'data' axis then takes each process's part of the batch), so the
-    stream itself is not split by process: a block sees the same batches on 1 or N processes."""
+    stream itself is not split by process: a block sees the same batches on 1 or N processes.
+    `augment` (a `data.augment` value) runs in the pipeline, seeded per batch by Grain."""
     import grain
 
     source = tfds_source(name, "train")
@@ -165,16 +170,20 @@ def tfds_batches(name: str, image_size: int, batch_size: int, seed) -> Iterator[
     dataset = (dataset.seed(seed).shuffle().map(lambda r: (_to_model_range(r["image"]), r["label"]))
                .repeat(None).batch(batch_size, drop_remainder=True)
                .map(lambda b: {"image": resize(b[0], image_size), "label": np.asarray(b[1], np.int32)}))
+    transform = make_augment(augment, image_size)
+    if transform is not None:
+        dataset = dataset.random_map(lambda b, rng: {"image": transform(b["image"], rng), "label": b["label"]})
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)))
 
 
-def train_batches(name: str, image_size: int, batch_size: int, seed) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(name: str, image_size: int, batch_size: int, seed,
+                  augment: str = "none") -> Iterator[dict[str, np.ndarray]]:
     """An endless, resumable training stream of a dataset, shuffled by `seed` (a block's stream
-    is seeded by (run seed, block))."""
+    is seeded by (run seed, block)), augmented by `augment` (see `data.augment`)."""
     if name.startswith("tfds:"):
-        return tfds_batches(name, image_size, batch_size, seed)
+        return tfds_batches(name, image_size, batch_size, seed, augment)
     images, labels = _cached_split(name, image_size)
-    return Batches(images, labels, batch_size, seed=seed)
+    return Batches(images, labels, batch_size, seed=seed, augment=make_augment(augment, image_size))
 
 
 @functools.lru_cache(maxsize=4)
@@ -238,14 +247,16 @@ class Batches:
     """Endless shuffled batches from in-memory arrays, deterministic per seed and resumable.
 
     Each epoch is a fresh permutation drawn from (seed, epoch), so the stream depends only on the
-    seed and the position, which `state()` / `restore()` capture for resuming a run.
+    seed and the position, which `state()` / `restore()` capture for resuming a run. An `augment`
+    function gets a generator seeded by (seed, epoch, position), so augmentation resumes too.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | tuple[int, ...]):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | tuple[int, ...],
+                 augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None):
         if batch_size > len(images):
             raise ValueError(f"batch_size={batch_size} is larger than the dataset ({len(images)} examples)")
         self.images, self.labels = images, labels
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.augment = batch_size, seed, augment
         self.epoch, self.position = 0, 0
         self._order = self._permutation()
 
@@ -260,8 +271,12 @@ class Batches:
             self.epoch, self.position = self.epoch + 1, 0
             self._order = self._permutation()
         idx = self._order[self.position:self.position + self.batch_size]
+        images = self.images[idx]
+        if self.augment is not None:
+            rng = np.random.default_rng([*np.atleast_1d(self.seed).tolist(), self.epoch, self.position, 0xA06])
+            images = self.augment(images, rng)
         self.position += self.batch_size
-        return {"image": self.images[idx], "label": self.labels[idx]}
+        return {"image": images, "label": self.labels[idx]}
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}

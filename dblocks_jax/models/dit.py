@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dblocks_jax.models.layers import LayerStack, modulate, sincos_pos_embedding, timestep_embedding
+from dblocks_jax.models.layers import LayerStack, modulate, patchify, sincos_pos_embedding, timestep_embedding
 
 _zeros = nnx.initializers.zeros_init()
 _xavier = nnx.initializers.xavier_uniform()
@@ -57,8 +57,7 @@ class DiT(nnx.Module):
         `depth` (may be traced) runs only the first `depth` layers, the rest being the identity."""
         b, h, w, c = x.shape
         p, g = self.patch_size, self.grid
-        patches_BLP = x.reshape(b, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, g * g, p * p * c)
-        tokens_BLD = self.patch_embed(patches_BLP) + sincos_pos_embedding(g, self.width)  # fixed, not trained
+        tokens_BLD = self.patch_embed(patchify(x, p)) + sincos_pos_embedding(g, self.width)  # fixed, not trained
         cond_BD = self.noise_mlp2(nnx.silu(self.noise_mlp1(timestep_embedding(c_noise, NOISE_FEATURES))))
         if self.num_classes:
             if labels is None:

@@ -54,9 +54,23 @@ def sincos_pos_embedding(grid: int, width: int) -> np.ndarray:
     return np.pad(emb, ((0, 0), (0, width - emb.shape[1]))).astype(np.float32)
 
 
+def patchify(x_BHWC: jax.Array, p: int) -> jax.Array:
+    """(B, H, W, C) -> (B, H/p * W/p, p*p*C): non-overlapping p x p patches in row-major order."""
+    b, h, w, c = x_BHWC.shape
+    return x_BHWC.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, p * p * c)
+
+
 def modulate(x_BLD: jax.Array, shift_BD: jax.Array, scale_BD: jax.Array) -> jax.Array:
     """adaLN modulation x * (1 + scale) + shift, with per-example shift and scale."""
     return x_BLD * (1 + scale_BD[:, None, :]) + shift_BD[:, None, :]
+
+
+def dropout(x_B: jax.Array, rate: float, keys_B: jax.Array, salt: int) -> jax.Array:
+    """Inverted dropout with one key per example (`fold_in(key, salt)` tells the call sites
+    apart), so that a data-parallel step that takes its slice of the batch also takes its slice
+    of the randomness."""
+    keep = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, salt), 1.0 - rate, x_B.shape[1:]))(keys_B)
+    return jnp.where(keep, x_B / (1.0 - rate), 0.0).astype(x_B.dtype)
 
 
 class AdaLNZeroLayer(nnx.Module):
@@ -64,8 +78,9 @@ class AdaLNZeroLayer(nnx.Module):
     (DiT, Peebles & Xie 2023): shift/scale/gate of both branches come from silu(cond) through a
     zero-initialised linear, so a fresh layer is the identity."""
 
-    def __init__(self, width: int, num_heads: int, mlp_ratio: float, dtype=jnp.float32, *, rngs: nnx.Rngs):
-        self.num_heads = num_heads
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float, dtype=jnp.float32, *, dropout: float = 0.0,
+                 rngs: nnx.Rngs):
+        self.num_heads, self.dropout_rate = num_heads, dropout
         hidden = int(width * mlp_ratio)
         linear = lambda i, o, init=_xavier: nnx.Linear(i, o, kernel_init=init, dtype=dtype, rngs=rngs)
         self.norm1 = nnx.LayerNorm(width, epsilon=1e-6, use_bias=False, use_scale=False, rngs=rngs)
@@ -76,7 +91,11 @@ class AdaLNZeroLayer(nnx.Module):
         self.fc2 = linear(hidden, width)
         self.ada = linear(width, 6 * width, init=_zeros)
 
-    def __call__(self, x_BLD: jax.Array, cond_BC: jax.Array) -> jax.Array:
+    def __call__(self, x_BLD: jax.Array, cond_BC: jax.Array, keys_B: jax.Array | None = None) -> jax.Array:
+        """With `keys_B` (one key per example) and `dropout` > 0, each residual branch's output is
+        dropped out (ViT's hidden dropout); without keys the layer is deterministic."""
+        drop1, drop2 = (lambda h: h, lambda h: h) if keys_B is None or not self.dropout_rate else (
+            lambda h: dropout(h, self.dropout_rate, keys_B, 1), lambda h: dropout(h, self.dropout_rate, keys_B, 2))
         shift1_BD, scale1_BD, gate1_BD, shift2_BD, scale2_BD, gate2_BD = jnp.split(
             self.ada(nnx.silu(cond_BC)), 6, axis=-1)
         h_BLD = modulate(self.norm1(x_BLD), shift1_BD, scale1_BD)
@@ -84,10 +103,10 @@ class AdaLNZeroLayer(nnx.Module):
         qkv_BL3HK = self.qkv(h_BLD).reshape(b, length, 3 * self.num_heads, d // self.num_heads)
         q_BLHK, k_BLHK, v_BLHK = jnp.split(qkv_BL3HK, 3, axis=2)
         attn_BLD = jax.nn.dot_product_attention(q_BLHK, k_BLHK, v_BLHK).reshape(b, length, d)
-        x_BLD = x_BLD + gate1_BD[:, None, :] * self.proj(attn_BLD)
+        x_BLD = x_BLD + gate1_BD[:, None, :] * drop1(self.proj(attn_BLD))
         h_BLD = modulate(self.norm2(x_BLD), shift2_BD, scale2_BD)
         h_BLF = nnx.gelu(self.fc1(h_BLD), approximate=True)
-        return x_BLD + gate2_BD[:, None, :] * self.fc2(h_BLF)
+        return x_BLD + gate2_BD[:, None, :] * drop2(self.fc2(h_BLF))
 
 
 class LayerStack(nnx.Module):
@@ -105,23 +124,26 @@ class LayerStack(nnx.Module):
     """
 
     def __init__(self, depth: int, width: int, num_heads: int, mlp_ratio: float, dtype=jnp.float32, *,
-                 remat: bool = False, scan: bool = True, rngs: nnx.Rngs):
+                 remat: bool = False, scan: bool = True, dropout: float = 0.0, rngs: nnx.Rngs):
         self.num_layers, self.remat, self.scan = depth, remat, scan
         keys = jax.random.split(rngs.params(), depth)  # one independent key per layer
-        make = lambda key: AdaLNZeroLayer(width, num_heads, mlp_ratio, dtype, rngs=nnx.Rngs(key))
+        make = lambda key: AdaLNZeroLayer(width, num_heads, mlp_ratio, dtype, dropout=dropout, rngs=nnx.Rngs(key))
         self.layers = nnx.vmap(make, in_axes=0, out_axes=0)(keys)
 
-    def __call__(self, x_BLD: jax.Array, cond_BC: jax.Array, depth: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x_BLD: jax.Array, cond_BC: jax.Array, depth: jax.Array | None = None,
+                 keys_B: jax.Array | None = None) -> jax.Array:
         """Apply the layers in order. With `depth` (an int32 scalar, may be traced) layer i runs
         only if i < depth; the others are the identity, with zero gradient for their parameters
-        (how blocks of an uneven layer split share one parameter structure)."""
+        (how blocks of an uneven layer split share one parameter structure). `keys_B` (one key
+        per example) switches dropout on; layer i folds i into them."""
         graphdef, state = nnx.split(self.layers)
 
         # A pure function of one layer's (sliced) state: merging inside the scan body builds the
         # layer in the body's own trace, so it can also sit in a lax.cond branch and under
         # jax.checkpoint without NNX seeing variables touched from another trace.
-        def run(layer_state, h_BLD):
-            return nnx.merge(graphdef, layer_state)(h_BLD, cond_BC)
+        def run(layer_state, h_BLD, index):
+            keys = None if keys_B is None else jax.vmap(lambda k: jax.random.fold_in(k, index))(keys_B)
+            return nnx.merge(graphdef, layer_state)(h_BLD, cond_BC, keys)
 
         if self.remat:
             run = jax.checkpoint(run)
@@ -129,9 +151,9 @@ class LayerStack(nnx.Module):
         def body(h_BLD, inputs):
             layer_state, index = inputs
             if depth is None:
-                return run(layer_state, h_BLD), None
-            skip = lambda _, h: h
-            return jax.lax.cond(index < depth, run, skip, layer_state, h_BLD), None
+                return run(layer_state, h_BLD, index), None
+            skip = lambda _, h, i: h
+            return jax.lax.cond(index < depth, run, skip, layer_state, h_BLD, index), None
 
         indices = jnp.arange(self.num_layers, dtype=jnp.int32)
         if not self.scan:

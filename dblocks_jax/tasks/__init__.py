@@ -9,7 +9,11 @@ def task_class(name: str) -> type:
         from dblocks_jax.tasks.image_generation import ImageGeneration
 
         return ImageGeneration
-    raise ValueError(f"unknown task {name!r}; allowed: image_generation")
+    if name == "image_classification":
+        from dblocks_jax.tasks.image_classification import ImageClassification
+
+        return ImageClassification
+    raise ValueError(f"unknown task {name!r}; allowed: image_generation, image_classification")
 
 
 def make_task(config):

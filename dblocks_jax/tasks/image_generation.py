@@ -23,13 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dblocks_jax import data
 from dblocks_jax.engine import solvers
 from dblocks_jax.engine.chain import stack_blocks
-from dblocks_jax.engine.edm import EDM, add_noise, per_example
-from dblocks_jax.engine.settings import require
+from dblocks_jax.engine.edm import add_noise, per_example
 from dblocks_jax.models.dit import DiT
-from dblocks_jax.tasks.base import Task
+from dblocks_jax.tasks.image_task import ImageTask, per_example_normal
 
 
 def check_samples(images: np.ndarray, limit: float = 10.0) -> None:
@@ -49,24 +47,14 @@ def balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
     return (np.arange(num_samples) * max(num_classes, 1) // num_samples).astype(np.int32)
 
 
-class ImageGeneration(Task):
+class ImageGeneration(ImageTask):
     name = "image_generation"
 
-    @classmethod
-    def validate(cls, config) -> None:
-        require(config.data.image_size % config.model.patch_size == 0, "model.patch_size", config.model.patch_size,
-                f"a positive divisor of data.image_size={config.data.image_size}")
-
     def __init__(self, config):
-        self.info = data.dataset_info(config.data.dataset)  # reads TFDS metadata for tfds:<name> (no download)
         super().__init__(config)
-        self.edm = self.law
         self._samplers: dict[tuple, Callable] = {}
 
     # -- the pieces the engine asks for -------------------------------------------------------------
-
-    def make_law(self) -> EDM:
-        return EDM(**dataclasses.asdict(self.config.noise))
 
     def make_block(self, rngs: nnx.Rngs) -> DiT:
         m, d = self.config.model, self.config.data
@@ -83,39 +71,6 @@ class ImageGeneration(Task):
     @property
     def null_label(self) -> int:
         return self.num_classes
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        size = self.config.data.image_size
-        return size, size, self.info.channels
-
-    def check_data(self) -> None:
-        if self.config.data.dataset.startswith("tfds:"):
-            data.tfds_source(self.config.data.dataset, "train")  # prepared? (never downloads)
-
-    def memory_floor(self) -> list[tuple[int, str, str]]:
-        """The bundled training split in host memory, and one layer's attention logits of one batch
-        on the device (B x heads x tokens^2 floats): both are held at once, whatever else the step
-        needs, so they bound its memory from below."""
-        d, m, s = self.config.data, self.config.model, self.config.schedule
-        tokens = (d.image_size // m.patch_size) ** 2
-        per_device = d.batch_size // (s.data_shards if s.name == "parallel" else 1)  # 'data' splits the batch
-        floors = [(4 * per_device * m.num_heads * tokens**2, "device",
-                   f"attention over {tokens:,} tokens (data.image_size={d.image_size}, model.patch_size="
-                   f"{m.patch_size}, {per_device} examples per device, model.num_heads={m.num_heads})")]
-        if not d.dataset.startswith("tfds:"):
-            n = data.split_size(d.dataset, "train")
-            floors.append((4 * n * d.image_size**2 * self.info.channels, "host",
-                           f"the {d.dataset} training split at data.image_size={d.image_size}"))
-        return floors
-
-    def train_batches(self, block: int):
-        d = self.config.data
-        return data.train_batches(d.dataset, d.image_size, d.batch_size, seed=(self.config.run.seed, block))
-
-    def batch_spec(self, batch_size: int) -> dict:
-        return {"image": jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32),
-                "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
     def draw(self, key, block, batch_spec) -> dict:
         """Sigmas from the block's own (widened) band, the Gaussian noise and the label-dropout mask."""
@@ -180,9 +135,7 @@ class ImageGeneration(Task):
     def noise(self, seed: int, start: int, count: int) -> jax.Array:
         """The starting noise of samples start..start+count-1, each from its own key, so a sample
         does not depend on the batch it is drawn in."""
-        stream = jax.random.fold_in(jax.random.key(seed), 0)
-        keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(jnp.arange(start, start + count))
-        return jax.vmap(lambda k: jax.random.normal(k, self.image_shape, jnp.float32))(keys)
+        return per_example_normal(seed, start, count, self.image_shape)
 
     @staticmethod
     def chain_key(seed: int, start: int) -> jax.Array:

@@ -7,18 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import statistics
-from typing import Sequence
-
 from dblocks_jax import data
 from dblocks_jax.evaluation import image_quality, inception
-
-
-def summary(values: Sequence[float]) -> dict:
-    """Mean, sample std (0 for one value) and the values."""
-    values = [float(v) for v in values]
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+from dblocks_jax.evaluation.stats import summary
 
 
 def evaluate_run(workdir: str, *, seeds=(0, 1, 2), num_samples: int | None = None, overrides: dict | None = None,

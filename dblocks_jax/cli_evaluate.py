@@ -1,0 +1,79 @@
+"""The `dblocks evaluate` command: scores a run with its task's evaluation (generation: Frechet
+distance, conditional accuracy, FID; classification: accuracy, ECE, NLL against inference steps)
+and writes them as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from dblocks_jax.cli import _flags, _int_list, check_output, check_seed, sampling_overrides
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from dblocks_jax.runs import read_run_config
+
+    steps = _int_list("--steps", args.steps) if args.steps else (None,)
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ValueError(f"--num-samples {args.num_samples}; allowed: an integer >= 1")
+    default_name = "evaluation_untrained.json" if args.untrained else "evaluation.json"
+    path = args.json or os.path.join(args.workdir, default_name)
+    check_output("--json", path)
+    seeds = _int_list("--seeds", args.seeds)
+    for seed in seeds:
+        check_seed("--seeds", seed)
+    overrides = sampling_overrides(argparse.Namespace(overrides=args.overrides))
+    task = read_run_config(args.workdir).task
+    if task == "image_classification":
+        result = _evaluate_classification(args, path, seeds, steps, overrides)
+    else:
+        if len(steps) > 1:
+            raise ValueError(f"--steps {args.steps}: one value for task {task} (several are for classification)")
+        overrides.update(_flags(args, {"guidance": "sampling.guidance"}))
+        if steps[0] is not None:
+            overrides["sampling.steps"] = steps[0]
+        result = _evaluate_generation(args, seeds, overrides)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")
+
+
+def _evaluate_classification(args, path: str, seeds, steps, overrides) -> dict:
+    from dblocks_jax.tasks.image_classification_eval import evaluate_run
+
+    unused = [flag for flag, value in (("--num-samples", args.num_samples), ("--guidance", args.guidance),
+                                       ("--inception-weights", args.inception_weights)) if value is not None]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: for image generation runs; {args.workdir} is an image_classification "
+                         f"run (it takes --steps, --seeds and sampling-role --set fields)")
+    diagram = os.path.splitext(path)[0] + "_reliability.png"
+    result = evaluate_run(args.workdir, seeds=seeds, steps=steps, overrides=overrides, untrained=args.untrained,
+                          reliability_png=diagram)
+    fmt = lambda s: "n/a" if s is None else f"{s['mean']:.4f} +/- {s['std']:.4f}"
+    for r in result["by_steps"]:
+        top5 = f", top-5 {fmt(r['top5'])}" if r["top5"] else ""
+        print(f"{r['steps']:>3} network call(s): accuracy {fmt(r['accuracy'])}{top5}, ECE {fmt(r['ece'])}, "
+              f"NLL {fmt(r['nll'])} ({r['num_examples']} held-out images, {len(seeds)} seed(s))")
+    print(f"reliability diagram: {diagram}")
+    return result
+
+
+def _evaluate_generation(args, seeds, overrides) -> dict:
+    from dblocks_jax.tasks.image_generation_eval import evaluate_run
+
+    result = evaluate_run(args.workdir, seeds=seeds, num_samples=args.num_samples,
+                          overrides=overrides, untrained=args.untrained, inception_weights=args.inception_weights)
+    fd, acc = result["frechet_distance"], result["conditional_accuracy"]
+    print(f"Frechet distance (classifier features, {result['num_samples']} samples vs {result['num_reference']} "
+          f"held-out): {fd['mean']:.3f} +/- {fd['std']:.3f} over {len(result['seeds'])} seeds")
+    if acc:
+        print(f"conditional accuracy: {acc['mean']:.3f} +/- {acc['std']:.3f} "
+              f"(classifier's own held-out accuracy: {result['classifier']['held_out_accuracy']:.3f})")
+    fid = result["fid"]
+    if fid:
+        print(f"FID (InceptionV3 pool3, {result['num_samples']} samples vs {result['num_reference']} held-out): "
+              f"{fid['mean']:.2f} +/- {fid['std']:.2f} over {len(result['seeds'])} seeds (weights: {fid['weights']})")
+    elif result["dataset"].startswith("tfds:"):
+        print(f"FID not computed: {result['fid_skipped']}")
+    return result
