@@ -337,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         commands[args.command](args)
     except KeyboardInterrupt as err:
         print(f"dblocks {args.command}: {interrupted_message(err, argv, args)}", file=sys.stderr)
+        if not args.verbose:  # objects of an interrupted library (an asyncio loop) may fail in __del__ at exit
+            sys.unraisablehook = lambda unraisable: None
         return 130
     except (ValueError, FileNotFoundError, FileExistsError, RunLockedError) as err:
         if args.verbose:

@@ -87,7 +87,7 @@ def test_chain_is_euler_on_the_next_blocks_table_and_reads_out_at_sigma_min(task
 
     for raw in (False, True):
         got = task.predict_logits(params, np.asarray(images), steps=steps, seed=3, official_table=raw)
-        np.testing.assert_allclose(got, replay(raw), rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(got, replay(raw), rtol=1e-3, atol=1e-3)  # float32, jit vs eager order
     # Defect 2 (the un-normalised table) changes the prediction; another seed another chain.
     assert not np.allclose(task.predict_logits(params, np.asarray(images), steps=steps, seed=3),
                            task.predict_logits(params, np.asarray(images), steps=steps, seed=3, official_table=True))
@@ -171,6 +171,11 @@ def test_a_dataset_without_labels_is_refused(monkeypatch):
     from dblocks_jax.data import images as image_data
     from dblocks_jax.data.images import DatasetInfo
 
+    # A real TFDS image dataset without a 'label' feature, read from its builder's metadata (offline).
+    with pytest.raises(ValueError, match="tfds:celeb_a': not a TFDS image classification dataset with 'image' and "
+                                         "'label' features"):
+        make_task(tiny(**{"data.dataset": "tfds:celeb_a"}))
+
     monkeypatch.setitem(image_data._BUNDLED, "digits", DatasetInfo("digits", channels=1, num_classes=0, image_size=8))
     with pytest.raises(ValueError, match="data.dataset=digits has 0 class.*labelled data"):
         make_task(tiny())
@@ -179,7 +184,8 @@ def test_a_dataset_without_labels_is_refused(monkeypatch):
 def test_cli_trains_evaluates_and_refuses_to_sample(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     assert cli.main(["train", "--config", "digits_vit", "--num-blocks", "2", "--steps", "400", "--workdir", workdir,
-                     "--no-progress", "--set", "optim.learning_rate=3e-3", *TINY_ARGS]) == 0
+                     "--no-progress", "--set", "optim.learning_rate=3e-3", "--set", "noise.p_mean=0.5",
+                     *TINY_ARGS]) == 0  # a law shifted to high noise: the tiny blocks must read the image
     out = capsys.readouterr().out
     assert "held-out accuracy" in out and os.path.exists(os.path.join(workdir, "accuracy.json"))
     path = str(tmp_path / "eval.json")
