@@ -192,9 +192,15 @@ def test_cli_trains_evaluates_and_refuses_to_sample(tmp_path, capsys):
     assert cli.main(["evaluate", "--workdir", workdir, "--steps", "2,4", "--seeds", "0,1", "--json", path]) == 0
     result = json.load(open(path))
     assert [r["steps"] for r in result["by_steps"]] == [2, 4]
+    from dblocks_jax.runs import load_run
+    from dblocks_jax.tasks.image_classification_eval import score
+
+    task, params, _ = load_run(workdir)  # the same numbers from the checkpoints, without the CLI
     for r in result["by_steps"]:
         assert len(r["accuracy"]["values"]) == 2 and r["top5"] is None  # 10 classes: no top-5
-        assert 0 <= r["ece"]["mean"] <= 1 and r["nll"]["mean"] > 0
+        direct = score(task, params, steps=r["steps"], seeds=(0, 1))
+        for metric in ("accuracy", "ece", "nll"):
+            assert r[metric]["values"] == pytest.approx(direct[metric]["values"], rel=1e-6), metric
     # 400 steps of two 1-layer blocks: well above fresh blocks of the same config (chance, 0.1).
     assert cli.main(["evaluate", "--workdir", workdir, "--seeds", "0,1", "--untrained"]) == 0
     untrained = json.load(open(os.path.join(workdir, "evaluation_untrained.json")))
