@@ -221,9 +221,10 @@ def run_sample(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}; allowed: an integer >= 1")
     overrides = sampling_overrides(args)
-    if runs.read_run_config(args.workdir).task != "image_generation":
+    task_name = runs.read_run_config(args.workdir).task
+    if task_name != "image_generation":
         raise ValueError(f"sample draws images from an image_generation run; {args.workdir[0]} holds a run of "
-                         f"task {runs.read_run_config(args.workdir).task} (score it with `dblocks evaluate`)")
+                         f"task {task_name} (score it with `dblocks evaluate`)")
     task, params, _ = runs.load_run(args.workdir, overrides)
     s = task.config.sampling
     labels = None

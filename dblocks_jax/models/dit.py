@@ -17,13 +17,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dblocks_jax.models.layers import LayerStack, modulate, patchify, sincos_pos_embedding, timestep_embedding
+from dblocks_jax.models.layers import (NOISE_FEATURES, LayerStack, modulate, patchify, sincos_pos_embedding,
+                                       timestep_embedding)
 
 _zeros = nnx.initializers.zeros_init()
 _xavier = nnx.initializers.xavier_uniform()
 _normal = nnx.initializers.normal(0.02)
 
-NOISE_FEATURES = 256  # width of the sinusoidal noise-level features, as in DiT
 
 
 class DiT(nnx.Module):

@@ -24,6 +24,8 @@ from flax import nnx
 _zeros = nnx.initializers.zeros_init()
 _xavier = nnx.initializers.xavier_uniform()
 
+NOISE_FEATURES = 256  # width of the sinusoidal noise-level features, as in DiT
+
 
 def timestep_embedding(c_noise: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
     """Sinusoidal features (B, dim) of the noise level c_noise (B,) = ln(sigma)/4 (EDM).

@@ -25,13 +25,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dblocks_jax.models.layers import LayerStack, dropout, modulate, patchify, timestep_embedding
+from dblocks_jax.models.layers import NOISE_FEATURES, LayerStack, dropout, modulate, patchify, timestep_embedding
 
 _zeros = nnx.initializers.zeros_init()
 _xavier = nnx.initializers.xavier_uniform()
 _normal = nnx.initializers.normal(0.02)
 
-NOISE_FEATURES = 256
 
 
 def normalized_rows(table_CD: jax.Array) -> jax.Array:
