@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--num-processes", type=int)
     dist.add_argument("--process-id", type=int)
 
-    sa = sub.add_parser("sample", parents=[common], help="draw samples from a trained run")
+    sa = sub.add_parser("sample", parents=[common], help="draw samples from a trained run (images or text)")
     sa.add_argument("--workdir", required=True, action="append",
                     help="run directory; repeat it to use blocks trained in separate runs")
     sa.add_argument("--num-samples", type=int, help="sampling.num_samples")
@@ -64,17 +64,20 @@ def _parser() -> argparse.ArgumentParser:
                     help="draw every sample of this class (default: a balanced grid over the classes)")
     sa.add_argument("--batch-size", type=int, default=256, help="samples drawn at once (any --num-samples fits)")
     sa.add_argument("--out", required=True, help="FILE.png (image grid), FILE.npz (images, labels) or FILE.npy "
-                                                 "(images, written batch by batch)")
+                                                 "(images, written batch by batch); masked_lm: FILE.txt (a sample "
+                                                 "per line)")
 
     ev = sub.add_parser("evaluate", parents=[common],
                         help="score a trained run over several seeds: generation (Frechet distance in classifier "
-                             "features, conditional accuracy, FID for tfds datasets) or classification (accuracy, "
-                             "ECE, NLL on the held-out split)")
+                             "features, conditional accuracy, FID for tfds datasets), classification (accuracy, "
+                             "ECE, NLL on the held-out split) or masked_lm (bits per character, per block; samples)")
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--seeds", default="0,1,2", help="comma-separated sampling (or chain) seeds")
-    ev.add_argument("--num-samples", type=int, help="generation: samples per seed (default: the held-out split's size)")
-    ev.add_argument("--steps", help="generation: sampling.steps; classification: network calls of the chain, "
-                                    "comma-separated to compare several, e.g. 3,6,12 (default: classify.steps)")
+    ev.add_argument("--num-samples", type=int, help="generation: samples per seed (default: the held-out split's "
+                                                    "size); masked_lm: text samples (default: sampling.num_samples)")
+    ev.add_argument("--steps", help="generation and masked_lm: sampling.steps; classification: network calls of "
+                                    "the chain, comma-separated to compare several, e.g. 3,6,12 (default: "
+                                    "classify.steps)")
     ev.add_argument("--guidance", type=float, help="generation: sampling.guidance")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="a sampling-role field, e.g. --set classify.official_table=true")
@@ -184,7 +187,7 @@ def run_train(args: argparse.Namespace) -> None:
                         progress=not args.no_progress)
     losses = ", ".join(f"{loss:.4f}" for loss in result.final_loss if not math.isnan(loss))
     print(f"done in {time.perf_counter() - start:.0f} s; final loss per block: {losses or 'n/a (resumed at the end)'}")
-    accuracy = os.path.join(workdir, "accuracy.json")
+    accuracy, bpc = os.path.join(workdir, "accuracy.json"), os.path.join(workdir, "bpc.json")
     if not all(p is not None for p in result.params):
         print(f"checkpoints: {os.path.join(workdir, 'checkpoints')} (this process trained part of the model: "
               f"`dblocks sample` or `dblocks assemble` once every block is trained)")
@@ -195,6 +198,13 @@ def run_train(args: argparse.Namespace) -> None:
             scores = json.load(f)
         print(f"held-out accuracy {scores['accuracy']['mean']:.4f}, ECE {scores['ece']['mean']:.4f} "
               f"({scores['steps']} network call(s), {scores['num_examples']} images) -> {accuracy}")
+    elif os.path.exists(bpc):
+        with open(bpc) as f:
+            scores = json.load(f)
+        shares = " + ".join(f"{s['mean']:.3f}" for s in scores["bpc_per_block"])
+        print(f"held-out {scores['bpc']['mean']:.4f} bits per character (blocks: {shares}; unigram floor "
+              f"{scores['unigram_bpc']:.3f}; {scores['num_sequences']} windows of {scores['seq_len']}) -> {bpc}; "
+              f"samples: {os.path.join(workdir, 'samples.txt')}")
     else:
         print(f"checkpoints: {os.path.join(workdir, 'checkpoints')}")
 
@@ -214,17 +224,19 @@ def run_sample(args: argparse.Namespace) -> None:
     from dblocks_jax import runs
     from dblocks_jax.evaluation.plots import save_image_grid
 
-    if not args.out.endswith((".png", ".npz", ".npy")):
-        raise ValueError(f"--out must end in .png, .npz or .npy, got {args.out!r}")
     check_output("--out", args.out)
     check_seed("--seed", args.seed)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}; allowed: an integer >= 1")
     overrides = sampling_overrides(args)
     task_name = runs.read_run_config(args.workdir).task
+    if task_name == "masked_lm":
+        return _sample_text(args, overrides)
     if task_name != "image_generation":
-        raise ValueError(f"sample draws images from an image_generation run; {args.workdir[0]} holds a run of "
-                         f"task {task_name} (score it with `dblocks evaluate`)")
+        raise ValueError(f"sample draws images from an image_generation run or text from a masked_lm run; "
+                         f"{args.workdir[0]} holds a run of task {task_name} (score it with `dblocks evaluate`)")
+    if not args.out.endswith((".png", ".npz", ".npy")):
+        raise ValueError(f"--out must end in .png, .npz or .npy for an image_generation run, got {args.out!r}")
     task, params, _ = runs.load_run(args.workdir, overrides)
     s = task.config.sampling
     labels = None
@@ -252,6 +264,25 @@ def run_sample(args: argparse.Namespace) -> None:
             np.savez(args.out, images=images, labels=labels if labels is not None else np.zeros(0, np.int32))
     print(f"wrote {s.num_samples} samples ({s.solver}, {s.steps} steps, {s.grid} grid, guidance {s.guidance}) "
           f"to {args.out}")
+
+
+def _sample_text(args: argparse.Namespace, overrides: dict) -> None:
+    """`sample` for a masked_lm run: one sample per line of --out FILE.txt."""
+    from dblocks_jax import runs
+
+    if not args.out.endswith(".txt"):
+        raise ValueError(f"--out must end in .txt for a masked_lm run, got {args.out!r}")
+    unused = [f for f, v in (("--class", args.class_label), ("--guidance", args.guidance), ("--solver", args.solver))
+              if v is not None]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: for image_generation runs; a masked_lm run samples by ancestral "
+                         f"unmasking (it takes --num-samples, --steps, --grid, --seed)")
+    task, params, _ = runs.load_run(args.workdir, overrides)
+    s = task.config.sampling
+    samples = task.sample(params, s.num_samples, seed=args.seed or 0, batch_size=args.batch_size)
+    with open(args.out, "w") as f:
+        f.write("\n".join(task.decode(x) for x in samples) + "\n")
+    print(f"wrote {s.num_samples} samples ({s.steps} unmasking steps, {s.grid} grid) to {args.out}")
 
 
 def run_bench(args: argparse.Namespace) -> None:

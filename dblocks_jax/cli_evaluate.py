@@ -1,6 +1,6 @@
 """The `dblocks evaluate` command: scores a run with its task's evaluation (generation: Frechet
-distance, conditional accuracy, FID; classification: accuracy, ECE, NLL against inference steps)
-and writes them as JSON."""
+distance, conditional accuracy, FID; classification: accuracy, ECE, NLL against inference steps;
+masked_lm: bits per character and each block's share, samples) and writes them as JSON."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     task = read_run_config(args.workdir).task
     if task == "image_classification":
         result = _evaluate_classification(args, path, seeds, steps, overrides)
+    elif task == "masked_lm":
+        result = _evaluate_language(args, seeds, steps, overrides)
     else:
         if len(steps) > 1:
             raise ValueError(f"--steps {args.steps}: one value for task {task} (several are for classification)")
@@ -56,6 +58,29 @@ def _evaluate_classification(args, path: str, seeds, steps, overrides) -> dict:
         print(f"{r['steps']:>3} network call(s): accuracy {fmt(r['accuracy'])}{top5}, ECE {fmt(r['ece'])}, "
               f"NLL {fmt(r['nll'])} ({r['num_examples']} held-out images, {len(seeds)} seed(s))")
     print(f"reliability diagram: {diagram}")
+    return result
+
+
+def _evaluate_language(args, seeds, steps, overrides) -> dict:
+    from dblocks_jax.tasks.masked_lm_eval import evaluate_run
+
+    unused = [flag for flag, value in (("--guidance", args.guidance), ("--inception-weights", args.inception_weights))
+              if value is not None]
+    if unused or len(steps) > 1:
+        raise ValueError(f"{', '.join(unused) or '--steps with several values'}: not for a masked_lm run "
+                         f"({args.workdir} takes --seeds, --num-samples, one --steps and sampling-role --set fields)")
+    result = evaluate_run(args.workdir, seeds=seeds, overrides=overrides, untrained=args.untrained,
+                          num_samples=args.num_samples, steps=steps[0])
+    fmt = lambda s: f"{s['mean']:.4f} +/- {s['std']:.4f}"
+    print(f"held-out negative ELBO: {fmt(result['bpc'])} {result['unit']} over {len(seeds)} seed(s) "
+          f"({result['num_sequences']} windows of {result['seq_len']}); unigram floor {result['unigram_bpc']:.4f}")
+    for b, share in enumerate(result["bpc_per_block"]):
+        lo, hi = result["band_edges"][b]
+        print(f"  block {b} (t in [{lo:.3f}, {hi:.3f}]): {fmt(share)}")
+    print(f"samples ({result['sample_steps']} steps, {result['sample_grid']} grid; word validity "
+          f"{result['word_validity']:.3f}, held-out text {result['held_out_word_validity']:.3f}):")
+    for sample in result["samples"][:4]:
+        print(f"  {sample}")
     return result
 
 

@@ -22,24 +22,29 @@ from dblocks_jax.engine.settings import (ASSEMBLY, FREE, IDENTITY, SAMPLING, Opt
 
 FORMAT = 2  # of config.json; 1 was the flat config of dblocks-jax 0.1
 DTYPES = ("float32", "bfloat16")
-TASKS = ("image_generation", "image_classification")
-FAMILIES = {"image_generation": "dit", "image_classification": "vit"}  # the network family each task builds
+TASKS = ("image_generation", "image_classification", "masked_lm")
+# The network family each task builds.
+FAMILIES = {"image_generation": "dit", "image_classification": "vit", "masked_lm": "transformer"}
+POSITIONS = ("learned", "rope")
 OBJECTIVES = ("diffusion", "plain")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig(Section):
     _path = "data"
-    dataset: str = setting("shapes", ASSEMBLY, "a bundled dataset (shapes, digits, patterns) or tfds:<name>")
+    dataset: str = setting("shapes", ASSEMBLY, "a bundled dataset (shapes, digits, patterns), tfds:<name>, or text: "
+                                               "pydoc, textfile:PATH, text8:PATH")
     image_size: int = setting(16, ASSEMBLY, "every dataset is delivered at this size")
     batch_size: int = setting(64, IDENTITY, "examples per block step")
     augment: str = setting("none", IDENTITY, "training augmentation: " + ", ".join(AUGMENTS))
 
     def check(self):
         from dblocks_jax.data import dataset_names
+        from dblocks_jax.data.text import is_text_source
 
-        require(self.dataset in dataset_names() or (self.dataset.startswith("tfds:") and len(self.dataset) > 5),
-                self.field("dataset"), self.dataset, f"one of {', '.join(dataset_names())} or tfds:<name>")
+        require(self.dataset in dataset_names() or is_text_source(self.dataset), self.field("dataset"), self.dataset,
+                f"one of {', '.join(dataset_names())}, tfds:<name>, or a text source (pydoc, textfile:PATH, "
+                f"text8:PATH)")
         require(self.image_size >= 1, self.field("image_size"), self.image_size, "an integer >= 1")
         require(self.batch_size >= 1, self.field("batch_size"), self.batch_size, "an integer >= 1")
         require(self.augment in AUGMENTS, self.field("augment"), self.augment, ", ".join(AUGMENTS))
@@ -52,7 +57,7 @@ class ModelConfig(Section):
 
     _path = "model"
     family: str = setting("dit", ASSEMBLY, "network family of a block: dit (image_generation), vit "
-                                           "(image_classification)")
+                                           "(image_classification), transformer (masked_lm)")
     num_layers: int = setting(8, ASSEMBLY)
     num_blocks: int = setting(4, ASSEMBLY, "B (1: end-to-end)")
     layer_split: str = setting("", ASSEMBLY, "layers per block, e.g. 3,6,3; empty: equal blocks")
@@ -62,14 +67,18 @@ class ModelConfig(Section):
     mlp_ratio: float = setting(4.0, ASSEMBLY)
     class_conditional: bool = setting(True, ASSEMBLY, "condition on the class (with a null class for guidance)")
     label_dropout: float = setting(0.1, IDENTITY, "share of training labels replaced by the null class")
-    dropout: float = setting(0.0, IDENTITY, "dropout on the embeddings and residual branches (vit)")
+    dropout: float = setting(0.0, IDENTITY, "dropout on the embeddings and residual branches (vit, transformer)")
+    positions: str = setting("learned", ASSEMBLY, "token positions of the transformer: learned (a table) or rope "
+                                                  "(rotary, in every attention)")
     dtype: str = setting("float32", IDENTITY, "compute dtype of the matmuls; parameters stay float32")
     remat: bool = setting(False, IDENTITY, "jax.checkpoint around every layer")
     scan_layers: bool = setting(True, FREE, "apply the layers with lax.scan (compile time flat in depth); "
                                             "false: unrolled (less memory, compile time grows with depth)")
 
     def check(self):
-        require(self.family in ("dit", "vit"), self.field("family"), self.family, "dit, vit")
+        families = sorted(set(FAMILIES.values()))
+        require(self.family in families, self.field("family"), self.family, ", ".join(families))
+        require(self.positions in POSITIONS, self.field("positions"), self.positions, ", ".join(POSITIONS))
         require(self.num_blocks >= 1, self.field("num_blocks"), self.num_blocks, "an integer >= 1")
         require(self.num_layers >= 1, self.field("num_layers"), self.num_layers, "an integer >= 1")
         if self.layer_split:
@@ -154,6 +163,31 @@ class ClassifyConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class TextConfig(Section):
+    """The language tasks' data and masking (DESIGN secs. 10, 13). The held-out text is the tail
+    of the corpus (`holdout` of it; text8: its standard test split; TFDS: its test split)."""
+
+    _path = "text"
+    vocabulary: str = setting("text8", ASSEMBLY, "text8 (27 symbols: a-z and space) or bytes (256)")
+    seq_len: int = setting(128, ASSEMBLY, "symbols per sequence")
+    holdout: float = setting(0.1, IDENTITY, "share of the corpus held out at its tail (never trained on)")
+    mask_eps: float = setting(1e-4, ASSEMBLY, "MD4's eps: alpha_t = (1 - 2 eps)(1 - t) + eps")
+    eval_sequences: int = setting(0, SAMPLING, "held-out windows scored by evaluate (0: all)")
+    eval_draws: int = setting(4, SAMPLING, "values of t (and masks) per window and band when scoring")
+
+    def check(self):
+        from dblocks_jax.data.text import VOCABULARIES
+
+        require(self.vocabulary in VOCABULARIES, self.field("vocabulary"), self.vocabulary, ", ".join(VOCABULARIES))
+        require(self.seq_len >= 2, self.field("seq_len"), self.seq_len, "an integer >= 2")
+        require(0.0 < self.holdout < 1.0, self.field("holdout"), self.holdout, "a fraction in (0, 1)")
+        require(0.0 < self.mask_eps < 0.5, self.field("mask_eps"), self.mask_eps, "a number in (0, 0.5)")
+        require(self.eval_draws >= 1, self.field("eval_draws"), self.eval_draws, "an integer >= 1")
+        require(self.eval_sequences >= 0, self.field("eval_sequences"), self.eval_sequences,
+                "0 (every held-out window) or an integer >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config(Section):
     """Everything that defines a run. `replace` takes dotted paths: `config.replace(**{"optim.steps": 3})`
     or `config.override({"optim.steps": 3})`."""
@@ -163,6 +197,7 @@ class Config(Section):
     model: ModelConfig = section(ModelConfig)
     noise: NoiseConfig = section(NoiseConfig)
     classify: ClassifyConfig = section(ClassifyConfig)
+    text: TextConfig = section(TextConfig)
     partition: PartitionConfig = section(PartitionConfig)
     optim: OptimConfig = section(OptimConfig)
     schedule: ScheduleConfig = section(ScheduleConfig)
@@ -295,6 +330,14 @@ _PAPER_VIT = {"task": "image_classification", "model.family": "vit", "data.image
               "optim.weight_decay": 0.01, "optim.grad_clip": 1.0, "optim.warmup_steps": 3_900,
               "optim.steps": 195_000, "optim.ema_decay": 0.0, "run.log_every": 100, "run.checkpoint_every": 3_900}
 
+# Masked-diffusion LM (DESIGN sec. 10). The CPU preset: a 12-layer model (4 layers per block at
+# B = 3, as the paper's) narrow enough for a 2-core CPU; 12 divides by B = 1, 2, 3 and 4, so the
+# experiments compare those with equal blocks. The paper's text8 setting: 12 layers, width 768,
+# 12 heads, sequence 256, batch 256, AdamW 3e-4, wd 0.03, 2000 warm-up steps, B = 3, gamma 0.05.
+_MD4 = {"task": "masked_lm", "model.family": "transformer", "model.num_layers": 12, "model.num_blocks": 3,
+        "partition.overlap": 0.05, "optim.weight_decay": 0.03, "optim.ema_decay": 0.0, "sampling.grid": "cosine",
+        "model.positions": "rope"}
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("shapes", "tiny DiT, B = 4, on the embedded shapes dataset: trains on a 2-core CPU in minutes", {}),
     Preset("cifar10_dit_s", "the paper's DiT-S/2 CIFAR-10 setting (12 layers, width 384, B = 3), for GPU/TPU", {
@@ -311,6 +354,17 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            {**_PAPER_VIT, "data.dataset": "tfds:cifar10"}),
     Preset("cifar100_vit", "the paper's Table 1 recipe: ViT 12 layers, width 128, patch 4, B = 3, 500 epochs on "
                            "tfds:cifar100, for GPU/TPU", {**_PAPER_VIT, "data.dataset": "tfds:cifar100"}),
+    Preset("pydoc_md4", "masked-diffusion LM, 12 layers, B = 3, on Python's bundled pydoc text (27 symbols): a "
+                        "2-core CPU, minutes", {
+        **_MD4, "data.dataset": "pydoc", "data.batch_size": 32, "text.seq_len": 64, "model.width": 64,
+        "model.num_heads": 4, "optim.learning_rate": 2e-3, "optim.warmup_steps": 100, "optim.steps": 1500,
+        "text.eval_sequences": 0, "text.eval_draws": 8, "sampling.steps": 64, "sampling.num_samples": 8, "run.log_every": 50}),
+    Preset("text8_md4", "the paper's Table 3 setting: MD4, 12 layers, width 768, 12 heads, seq 256, B = 3 on "
+                        "text8 (give its path: --set data.dataset=text8:PATH), for GPU/TPU", {
+        **_MD4, "data.dataset": "text8:text8.zip", "data.batch_size": 256, "text.seq_len": 256,
+        "model.width": 768, "model.num_heads": 12, "optim.learning_rate": 3e-4, "optim.warmup_steps": 2000,
+        "optim.grad_clip": 1.0, "optim.steps": 1_000_000, "sampling.steps": 256, "sampling.num_samples": 16,
+        "text.eval_sequences": 0, "run.log_every": 100, "run.checkpoint_every": 10_000}),
 )}
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -24,9 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dblocks_jax import runs  # noqa: E402
 from dblocks_jax.config import get_config  # noqa: E402
-from dblocks_jax.engine import bench  # noqa: E402
-from dblocks_jax.engine.trainer import BlockTrainer  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
+from experiments.common import mean_std, step_cost  # noqa: E402
 from dblocks_jax.tasks.image_classification_eval import held_out, score  # noqa: E402
 
 PRESETS = {"digits": "digits_vit", "patterns": "patterns_vit"}
@@ -71,19 +69,8 @@ def run_one(dataset: str, variant: str, seed: int, out: str, tiny: bool) -> dict
 
 def cost(dataset: str, variant: str, tiny: bool) -> dict:
     """Training memory of one block's compiled step and its median time (one compile per variant)."""
-    config = get_config(PRESETS[dataset], {**VARIANTS[variant], **(TINY if tiny else {})})
-    trainer = BlockTrainer(make_task(config))
-    compiled, compile_s = bench.compile_step(trainer)
-    mem = bench.memory_bytes(trainer, compiled, resident_blocks=trainer.task.num_blocks)
-    times = bench.time_steps(trainer, compiled, bench.BenchSettings(time_steps=5 if tiny else 100))
-    return {"step_peak_bytes": mem["step_peak"], "interleaved_total_bytes": mem["total_peak"],
-            "block_state_bytes": trainer.state_bytes, "step_seconds": statistics.median(times),
-            "compile_seconds": compile_s}
-
-
-def mean_std(values) -> tuple[float, float]:
-    values = list(values)
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return step_cost(get_config(PRESETS[dataset], {**VARIANTS[variant], **(TINY if tiny else {})}),
+                     5 if tiny else 100)
 
 
 def report(records: list[dict], costs: dict, out: str) -> None:

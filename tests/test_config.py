@@ -27,6 +27,13 @@ BAD = [
     ({"optim.steps": 2.5}, "optim.steps", "int"),
     ({"optim.learning_rate": float("inf")}, "optim.learning_rate", "a finite number"),
     ({"task": "translation"}, "task", "image_generation"),
+    ({"data.dataset": "pydoc"}, "data.dataset", "an image dataset for task image_generation"),
+    ({"text.vocabulary": "words"}, "text.vocabulary", "text8, bytes"),
+    ({"text.seq_len": 1}, "text.seq_len", ">= 2"),
+    ({"text.holdout": 1.0}, "text.holdout", r"\(0, 1\)"),
+    ({"model.positions": "alibi"}, "model.positions", "learned, rope"),
+    ({"task": "masked_lm"}, "model.family", "transformer"),
+    ({"task": "masked_lm", "model.family": "transformer"}, "data.dataset", "a text source for task masked_lm"),
 ]
 
 
@@ -37,7 +44,7 @@ def test_bad_config_names_field_path_and_allowed_values(overrides, path, allowed
 
 
 def test_unknown_preset_and_field_list_the_allowed_ones():
-    with pytest.raises(ValueError, match="unknown config preset 'cifar'.*allowed: cifar100_vit, cifar10_dit_s, cifar10_vit, digits_vit, patterns_vit, shapes"):
+    with pytest.raises(ValueError, match="unknown config preset 'cifar'.*allowed: cifar100_vit, cifar10_dit_s, cifar10_vit, digits_vit, patterns_vit, pydoc_md4, shapes, text8_md4"):
         get_config("cifar")
     with pytest.raises(ValueError, match=r"unknown config field.*model\.num_block\b.*allowed: .*model\.num_blocks"):
         get_config("shapes", {"model.num_block": 3})
@@ -102,6 +109,16 @@ PAPER_DIT_S = {"model.num_layers": 12, "model.width": 384, "model.num_heads": 6,
                "partition.overlap": 0.05, "sampling.steps": 50, "sampling.solver": "euler",
                "sampling.guidance": 2.0, "model.label_dropout": 0.1, "data.image_size": 32,
                "data.dataset": "tfds:cifar10"}
+
+
+PAPER_MD4 = {"model.num_layers": 12, "model.width": 768, "model.num_heads": 12, "text.seq_len": 256,
+             "data.batch_size": 256, "optim.learning_rate": 3e-4, "optim.weight_decay": 0.03,
+             "optim.warmup_steps": 2000, "model.num_blocks": 3, "partition.overlap": 0.05, "text.vocabulary": "text8"}
+
+
+def test_the_text8_preset_is_the_papers_md4_setting():
+    values = {p: v for p, (v, _) in settings.leaves(PRESETS["text8_md4"].config).items()}
+    assert {p: values[p] for p in PAPER_MD4} == PAPER_MD4
 
 
 def test_presets_are_valid_and_the_paper_setting_is_exact():

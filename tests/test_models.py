@@ -193,3 +193,32 @@ def test_unrolled_stack_is_the_same_function_with_the_same_parameters():
         a = nnx.merge(scanned, params)(x, c_noise, labels, depth)
         b = nnx.merge(unrolled, params)(x, c_noise, labels, depth)
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_rotary_attention_scores_depend_on_relative_position_only():
+    from dblocks_jax.models.layers import rotary
+
+    q = jax.random.normal(jax.random.key(0), (1, 1, 2, 8))
+    k = jax.random.normal(jax.random.key(1), (1, 1, 2, 8))
+    score = lambda m, n: jnp.sum(rotary(q, jnp.array([m])) * rotary(k, jnp.array([n])), -1)
+    np.testing.assert_allclose(score(3, 1), score(12, 10), rtol=1e-5)
+    assert not np.allclose(score(3, 1), score(3, 2), rtol=1e-3)
+    np.testing.assert_allclose(jnp.linalg.norm(rotary(q, jnp.array([5])), axis=-1), jnp.linalg.norm(q, axis=-1),
+                               rtol=1e-6)  # a rotation
+
+
+def test_transformer_with_rope_has_no_position_table_and_sees_order():
+    from dblocks_jax.models.transformer import Transformer
+
+    make = lambda positions: Transformer(vocab_size=5, seq_len=6, width=16, depth=1, num_heads=2, mlp_ratio=2.0,
+                                         positions=positions, rngs=nnx.Rngs(0))
+    learned, rope = make("learned"), make("rope")
+    assert hasattr(learned, "pos_embed") and not hasattr(rope, "pos_embed")
+    params = nnx.state(rope, nnx.Param)
+    params = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(2), x.shape), params)
+    nnx.update(rope, params)
+    tokens = jnp.array([[1, 2, 5, 3, 4, 5]])
+    logits = rope(tokens, jnp.array([0.5]))
+    assert logits.shape == (1, 6, 5) and logits.dtype == jnp.float32
+    # The two mask tokens (id 5) see the same symbols in another order: their predictions differ.
+    assert not np.allclose(logits[0, 2], logits[0, 5], atol=1e-4)

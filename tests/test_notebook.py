@@ -14,7 +14,8 @@ from dblocks_jax.tasks.image_generation_eval import evaluate_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "colab", "quickstart.ipynb")
-NOTEBOOKS = {"quickstart": "build_quickstart.py", "classification": "build_classification.py"}
+NOTEBOOKS = {"quickstart": "build_quickstart.py", "classification": "build_classification.py",
+             "language": "build_language.py"}
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -66,6 +67,21 @@ def test_classification_notebook_runs_top_to_bottom_on_tiny_settings(tmp_path, m
         assert namespace["scores"][db][metric] == pytest.approx(reference[metric]["mean"], rel=1e-6)
     assert namespace["accuracy_by_steps"][3][0] == pytest.approx(
         np.mean([score(task, params, steps=3, seeds=(s,))["accuracy"]["mean"] for s in (0, 1)]), rel=1e-6)
+
+
+def test_language_notebook_runs_top_to_bottom_on_tiny_settings(tmp_path, monkeypatch):
+    from dblocks_jax.tasks.masked_lm_eval import score
+
+    namespace = run_notebook("language", tmp_path, monkeypatch)
+    assert namespace["TINY"] and namespace["result"].block_steps == [30, 30, 30]
+    task, params = namespace["task"], namespace["result"].params
+    # The notebook's numbers are `evaluate`'s, on its own code path.
+    reference = score(task, params, seeds=(0, 1))
+    assert namespace["scores"]["bpc"]["mean"] == pytest.approx(reference["bpc"]["mean"], rel=1e-6)
+    assert namespace["shares"] == pytest.approx([s["mean"] for s in reference["bpc_per_block"]], rel=1e-6)
+    path, tokens = namespace["path"], namespace["tokens"]
+    assert path.shape == (1, 16, 32) and (path[0, 0] == task.mask_id).mean() > 0.5
+    assert not (tokens == task.mask_id).any() and (tmp_path / "runs" / "language_md4" / "samples.txt").exists()
 
 
 def test_notebook_runs_top_to_bottom_on_tiny_settings(tmp_path, monkeypatch):

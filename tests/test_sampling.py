@@ -5,14 +5,22 @@ import pytest
 
 from dblocks_jax import EDM, BlockPartition
 from dblocks_jax.engine.chain import karras_grid, level_grid, make_chain
+from dblocks_jax.engine.masking import LinearMasking
 from dblocks_jax.engine.reference import solver_error
 from dblocks_jax.engine.solvers import evaluations_per_sample, make_ode_sampler
 
 
-@pytest.mark.parametrize("kind", ["equiprobable", "karras"])
+@pytest.mark.parametrize("kind", ["equiprobable", "karras", "cosine"])
 def test_grids_descend_from_sigma_max_to_sigma_min(kind):
     t = level_grid(kind, 17, EDM())
     assert len(t) == 18 and t[0] == 80.0 and t[-1] == 0.002 and np.all(np.diff(t) < 0)
+
+
+def test_cosine_grid_over_masking_time_takes_its_small_steps_near_t_zero():
+    t = level_grid("cosine", 8, LinearMasking())
+    np.testing.assert_allclose(t, 1 - np.cos(np.pi / 2 * np.arange(8, -1, -1) / 8), atol=1e-12)
+    assert np.all(np.diff(-np.diff(t)) < 0)  # every step shorter than the one before
+    np.testing.assert_allclose(level_grid("equiprobable", 4, LinearMasking()), [1, 0.75, 0.5, 0.25, 0])
 
 
 def test_karras_grid_matches_edm_reference_values():
@@ -61,6 +69,12 @@ def test_chain_routes_every_step_to_the_block_that_owns_its_level():
     np.testing.assert_array_equal(np.asarray(visits), expected)
     assert float(last) == 10.0 + band_owner(part, t[-1]) == 13.0
     assert sorted(set(expected)) == [10.0, 11.0, 12.0, 13.0] and expected == sorted(expected)  # every block, in order
+    # keep_path: the state after every step, the last of which is the state the read-out gets.
+    (visits_again, _), path = make_chain(step, read_out, part, t, keep_path=True)(
+        values, (jnp.zeros(12), jnp.int32(0)), None, jax.random.key(0))
+    np.testing.assert_array_equal(visits_again, visits)
+    assert path[0].shape == (12, 12) and np.asarray(path[1]).tolist() == list(range(1, 13))
+    np.testing.assert_array_equal(path[0][-1], visits)
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun"])

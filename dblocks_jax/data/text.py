@@ -13,14 +13,19 @@ Sources:
 - `textfile:PATH`: any UTF-8 file.
 - `text8:PATH`: the text8 file (or its zip); its standard split is the first 90M characters for
   training, the next 5M for validation and the last 5M for test, i.e. 0.90 / 0.05 / 0.05.
+- `tfds:NAME`: a prepared TFDS dataset with a `text` feature, e.g. `tfds:tiny_shakespeare` (each
+  split one document) or `tfds:lm1b` (a sentence per record, ~30M for training): its test split
+  is held out and training streams the whole train split (see `text_tfds`).
 
-The held-out text is always the tail of the corpus (the last `holdout` of it, or text8's last
-10 %), never trained on: a model that has seen it would report a likelihood it did not earn.
+The held-out text is the tail of the corpus (the last `holdout` of it, or text8's last 10 %) or,
+for TFDS, the dataset's test split; it is never trained on: a model that has seen it would report
+a likelihood it did not earn.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import zipfile
@@ -46,6 +51,22 @@ class TextCorpus:
     @property
     def vocab_size(self) -> int:
         return vocab_size(self.vocabulary)
+
+    def batches(self, seq_len: int, batch_size: int, seed) -> "TextBatches":
+        """The endless, resumable stream of training windows (seeded by `seed`)."""
+        return TextBatches(self.train, seq_len, batch_size, seed)
+
+    def fingerprint(self) -> dict:
+        """What identifies the training text: recorded with a run, so that a resume on changed
+        text (or another vocabulary) is refused instead of silently mixing two corpora."""
+        return {"source": self.name, "vocabulary": self.vocabulary, "train_symbols": int(len(self.train)),
+                "train_sha256": hashlib.sha256(np.ascontiguousarray(self.train).tobytes()).hexdigest()}
+
+
+def is_text_source(source: str) -> bool:
+    """Whether `source` names a text corpus (tfds:<name> may be text or images: the task decides)."""
+    return source == "pydoc" or (source.partition(":")[0] in ("textfile", "text8", "tfds")
+                                 and len(source.partition(":")[2]) > 0)
 
 
 def vocab_size(vocabulary: str) -> int:
@@ -88,8 +109,10 @@ def read_text(source: str) -> str:
 
         return "".join(pydoc_data.topics.topics.values())
     kind, sep, path = source.partition(":")
+    if kind == "tfds" and path:
+        raise ValueError(f"text source {source} is read by load_text (a TFDS dataset is streamed, not one string)")
     if not sep or kind not in ("textfile", "text8") or not path:
-        raise ValueError(f"unknown text source {source!r}; allowed: pydoc, textfile:PATH, text8:PATH")
+        raise ValueError(f"unknown text source {source!r}; allowed: pydoc, textfile:PATH, text8:PATH, tfds:NAME")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"text source {source}: no such file {path}")
     if zipfile.is_zipfile(path):
@@ -109,7 +132,12 @@ def read_text(source: str) -> str:
 
 def load_text(source: str, vocabulary: str = "text8", holdout: float = 0.1) -> TextCorpus:
     """A source as ids, its tail held out: the last `holdout` of it (text8: its standard test
-    split, the last 5 %, with the 5 % before it, validation, trained on by no one)."""
+    split, the last 5 %, with the 5 % before it, validation, trained on by no one). `tfds:NAME`
+    holds out its own test split, so `holdout` does not apply to it (see `text_tfds.tfds_corpus`)."""
+    if source.startswith("tfds:") and len(source) > len("tfds:"):
+        from dblocks_jax.data.text_tfds import tfds_corpus
+
+        return tfds_corpus(source, vocabulary)
     if not 0 < holdout < 1:
         raise ValueError(f"holdout={holdout}; allowed: a fraction in (0, 1)")
     ids = encode(read_text(source), vocabulary)

@@ -25,7 +25,7 @@ import numpy as np
 from dblocks_jax.engine.levels import LevelLaw
 from dblocks_jax.engine.partition import BlockPartition
 
-GRIDS = ("equiprobable", "karras")
+GRIDS = ("equiprobable", "karras", "cosine")
 
 
 def equiprobable_grid(num_steps: int, law: LevelLaw) -> np.ndarray:
@@ -48,12 +48,22 @@ def karras_grid(num_steps: int, law: LevelLaw, rho: float = 7.0) -> np.ndarray:
     return grid
 
 
+def cosine_grid(num_steps: int, law: LevelLaw) -> np.ndarray:
+    """t_i = t_min + (t_max - t_min)(1 - cos(pi/2 (1 - i/K))): steps shrink towards the low end,
+    where a masked-diffusion chain decides its last symbols (for the linear schedule a step
+    reveals a share of the symbols proportional to its length in t)."""
+    ramp = np.arange(num_steps + 1) / num_steps
+    grid = law.level_min + (law.level_max - law.level_min) * (1.0 - np.cos(0.5 * np.pi * (1.0 - ramp)))
+    grid[0], grid[-1] = law.level_max, law.level_min
+    return grid
+
+
 def level_grid(kind: str, num_steps: int, law: LevelLaw) -> np.ndarray:
     if kind not in GRIDS:
         raise ValueError(f"unknown grid {kind!r}; allowed: {', '.join(GRIDS)}")
     if num_steps < 1:
         raise ValueError(f"sample steps={num_steps}; allowed: an integer >= 1")
-    return {"equiprobable": equiprobable_grid, "karras": karras_grid}[kind](num_steps, law)
+    return {"equiprobable": equiprobable_grid, "karras": karras_grid, "cosine": cosine_grid}[kind](num_steps, law)
 
 
 def block_slice(stacked_params: Any, b) -> Any:
@@ -61,8 +71,10 @@ def block_slice(stacked_params: Any, b) -> Any:
     return jax.tree.map(lambda p: jax.lax.dynamic_index_in_dim(p, b, keepdims=False), stacked_params)
 
 
-def make_chain(step: Callable, read_out: Callable, partition: BlockPartition, grid: np.ndarray) -> Callable:
-    """A jitted `run(stacked_params, z0, cond, key) -> output` over the descending `grid`."""
+def make_chain(step: Callable, read_out: Callable, partition: BlockPartition, grid: np.ndarray,
+               keep_path: bool = False) -> Callable:
+    """A jitted `run(stacked_params, z0, cond, key) -> output` over the descending `grid`; with
+    `keep_path`, `-> (output, path)` where path[i] is the state after step i (K states)."""
     grid = np.asarray(grid, np.float64)
     if grid.ndim != 1 or len(grid) < 2 or not np.all(np.diff(grid) < 0):
         raise ValueError("the chain's grid must descend and hold at least two levels")
@@ -75,10 +87,12 @@ def make_chain(step: Callable, read_out: Callable, partition: BlockPartition, gr
 
         def body(z, x):
             i, t, t_next, b, b_next = x
-            return step(params_at, z, cond, t, t_next, b, b_next, jax.random.fold_in(key, i)), None
+            z_next = step(params_at, z, cond, t, t_next, b, b_next, jax.random.fold_in(key, i))
+            return z_next, (z_next if keep_path else None)
 
-        z, _ = jax.lax.scan(body, z0, xs)
-        return read_out(params_at, z, cond, jnp.float32(grid[-1]), jnp.int32(owner[-1]))
+        z, path = jax.lax.scan(body, z0, xs)
+        out = read_out(params_at, z, cond, jnp.float32(grid[-1]), jnp.int32(owner[-1]))
+        return (out, path) if keep_path else out
 
     return jax.jit(run)
 

@@ -106,14 +106,15 @@ def _train_locked(task, workdir, overwrite, resume, blocks, batches, on_step, pr
     run = _Run(config, task.num_blocks, blocks, parallel)
     position, restored, store = 0, {}, None
     if workdir:
+        fingerprint = task.data_fingerprint()
         if resume and os.path.exists(rundir.config_path(workdir)):
-            rundir.check_resumable(workdir, config, blocks)
+            rundir.check_resumable(workdir, config, blocks, fingerprint)
             position, restored = rundir.resume_point(workdir, trainer, run)
             # Only sampling and bookkeeping fields may differ: the directory records what is in effect.
             distributed.on_process_zero(lambda: rundir.write_config(workdir, config))
         else:  # a new run (--resume on an empty directory starts one)
             distributed.on_process_zero(lambda: rundir.prepare(workdir, config, overwrite))
-        distributed.on_process_zero(lambda: rundir.write_run_record(workdir, blocks, task.partition))
+        distributed.on_process_zero(lambda: rundir.write_run_record(workdir, blocks, task.partition, fingerprint))
         distributed.sync_processes("dblocks_workdir_ready")
         store = checkpoint.BlockCheckpoints(workdir, config.run.keep_checkpoints)
     batches = batches or task.train_batches

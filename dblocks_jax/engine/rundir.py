@@ -57,11 +57,12 @@ def write_config(workdir: str, config: Any) -> None:
     os.replace(tmp, config_path(workdir))
 
 
-def write_run_record(workdir: str, blocks: list[int], partition) -> None:
+def write_run_record(workdir: str, blocks: list[int], partition, data: dict | None = None) -> None:
     """run.json: what this run trains and where (config.json holds the rest); the partition's band
-    edges are written out so that a reader needs no code to see which block owns which levels."""
+    edges are written out so that a reader needs no code to see which block owns which levels, and
+    the task's data fingerprint (`Task.data_fingerprint`), which a resume must match."""
     record = {"blocks": blocks, "process_count": jax.process_count(), "device_count": jax.device_count(),
-              "partition_boundaries": partition.boundaries.tolist()}
+              "partition_boundaries": partition.boundaries.tolist(), "data": data or {}}
     with open(os.path.join(workdir, "run.json"), "w") as f:
         json.dump(record, f, indent=1)
 
@@ -74,9 +75,9 @@ def read_run_record(workdir: str) -> dict | None:
         return json.load(f)
 
 
-def check_resumable(workdir: str, config: Any, blocks: list[int]) -> None:
-    """Refuse to resume with a different training config (the differing fields are listed) or
-    with another set of blocks."""
+def check_resumable(workdir: str, config: Any, blocks: list[int], data: dict | None = None) -> None:
+    """Refuse to resume with a different training config (the differing fields are listed), with
+    another set of blocks, or on data whose fingerprint changed (a text file edited in place)."""
     saved = read_config(workdir, type(config))
     differing = settings.differences(saved, config, settings.TRAINING_ROLES)
     if differing:
@@ -85,6 +86,12 @@ def check_resumable(workdir: str, config: Any, blocks: list[int]) -> None:
     record = read_run_record(workdir)
     if record and record["blocks"] != blocks:
         raise ValueError(f"cannot resume {workdir}: it trains blocks {record['blocks']}, not {blocks}")
+    saved_data = (record or {}).get("data") or {}
+    changed = [f"{k}: {saved_data[k]!r} -> {(data or {}).get(k)!r}" for k in saved_data
+               if saved_data[k] != (data or {}).get(k)]
+    if changed:
+        raise ValueError(f"cannot resume {workdir}: its training data changed since it started (saved -> now): "
+                         + "; ".join(changed))
 
 
 def read_runs_config(workdirs: Sequence[str], config_cls: type) -> Any:

@@ -1,5 +1,5 @@
-"""Layers shared by the network families of dblocks-jax (the DiT denoiser today; a ViT and a
-transformer LM can reuse them).
+"""Layers shared by the network families of dblocks-jax (the DiT denoiser, the ViT classifier
+and the transformer language model).
 
 The transformer layer is DiT's adaLN-Zero block (Peebles & Xie, "Scalable Diffusion Models with
 Transformers", ICCV 2023, arXiv 2212.09748): the conditioning vector regresses a shift, scale and
@@ -67,6 +67,19 @@ def modulate(x_BLD: jax.Array, shift_BD: jax.Array, scale_BD: jax.Array) -> jax.
     return x_BLD * (1 + scale_BD[:, None, :]) + shift_BD[:, None, :]
 
 
+def rotary(x_BLHK: jax.Array, positions_L: jax.Array, base: float = 10_000.0) -> jax.Array:
+    """Rotary position embedding (Su et al., RoFormer, arXiv 2104.09864, eq. 34): channel pairs
+    (i, i + K/2) of each head are rotated by the angle position * base^(-2i/K), so that the
+    product of a query at m and a key at n depends on m - n only."""
+    half = x_BLHK.shape[-1] // 2
+    freqs_F = base ** (-np.arange(half, dtype=np.float32) / half)
+    angles_LF = positions_L.astype(jnp.float32)[:, None] * freqs_F[None, :]
+    cos_L1F, sin_L1F = jnp.cos(angles_LF)[:, None, :], jnp.sin(angles_LF)[:, None, :]
+    x1, x2 = x_BLHK[..., :half].astype(jnp.float32), x_BLHK[..., half:2 * half].astype(jnp.float32)
+    out = jnp.concatenate([x1 * cos_L1F - x2 * sin_L1F, x2 * cos_L1F + x1 * sin_L1F, x_BLHK[..., 2 * half:]], -1)
+    return out.astype(x_BLHK.dtype)
+
+
 def dropout(x_B: jax.Array, rate: float, keys_B: jax.Array, salt: int) -> jax.Array:
     """Inverted dropout with one key per example (`fold_in(key, salt)` tells the call sites
     apart), so that a data-parallel step that takes its slice of the batch also takes its slice
@@ -81,8 +94,8 @@ class AdaLNZeroLayer(nnx.Module):
     zero-initialised linear, so a fresh layer is the identity."""
 
     def __init__(self, width: int, num_heads: int, mlp_ratio: float, dtype=jnp.float32, *, dropout: float = 0.0,
-                 rngs: nnx.Rngs):
-        self.num_heads, self.dropout_rate = num_heads, dropout
+                 rope: bool = False, rngs: nnx.Rngs):
+        self.num_heads, self.dropout_rate, self.rope = num_heads, dropout, rope
         hidden = int(width * mlp_ratio)
         linear = lambda i, o, init=_xavier: nnx.Linear(i, o, kernel_init=init, dtype=dtype, rngs=rngs)
         self.norm1 = nnx.LayerNorm(width, epsilon=1e-6, use_bias=False, use_scale=False, rngs=rngs)
@@ -104,6 +117,9 @@ class AdaLNZeroLayer(nnx.Module):
         b, length, d = h_BLD.shape
         qkv_BL3HK = self.qkv(h_BLD).reshape(b, length, 3 * self.num_heads, d // self.num_heads)
         q_BLHK, k_BLHK, v_BLHK = jnp.split(qkv_BL3HK, 3, axis=2)
+        if self.rope:
+            positions_L = jnp.arange(length)
+            q_BLHK, k_BLHK = rotary(q_BLHK, positions_L), rotary(k_BLHK, positions_L)
         attn_BLD = jax.nn.dot_product_attention(q_BLHK, k_BLHK, v_BLHK).reshape(b, length, d)
         x_BLD = x_BLD + gate1_BD[:, None, :] * drop1(self.proj(attn_BLD))
         h_BLD = modulate(self.norm2(x_BLD), shift2_BD, scale2_BD)
@@ -126,10 +142,11 @@ class LayerStack(nnx.Module):
     """
 
     def __init__(self, depth: int, width: int, num_heads: int, mlp_ratio: float, dtype=jnp.float32, *,
-                 remat: bool = False, scan: bool = True, dropout: float = 0.0, rngs: nnx.Rngs):
+                 remat: bool = False, scan: bool = True, dropout: float = 0.0, rope: bool = False, rngs: nnx.Rngs):
         self.num_layers, self.remat, self.scan = depth, remat, scan
         keys = jax.random.split(rngs.params(), depth)  # one independent key per layer
-        make = lambda key: AdaLNZeroLayer(width, num_heads, mlp_ratio, dtype, dropout=dropout, rngs=nnx.Rngs(key))
+        make = lambda key: AdaLNZeroLayer(width, num_heads, mlp_ratio, dtype, dropout=dropout, rope=rope,
+                                          rngs=nnx.Rngs(key))
         self.layers = nnx.vmap(make, in_axes=0, out_axes=0)(keys)
 
     def __call__(self, x_BLD: jax.Array, cond_BC: jax.Array, depth: jax.Array | None = None,

@@ -13,7 +13,11 @@ def task_class(name: str) -> type:
         from dblocks_jax.tasks.image_classification import ImageClassification
 
         return ImageClassification
-    raise ValueError(f"unknown task {name!r}; allowed: image_generation, image_classification")
+    if name == "masked_lm":
+        from dblocks_jax.tasks.masked_lm import MaskedLM
+
+        return MaskedLM
+    raise ValueError(f"unknown task {name!r}; allowed: image_generation, image_classification, masked_lm")
 
 
 def make_task(config):

@@ -8,7 +8,8 @@ blocks". A task supplies what differs (docs/architecture.md walks through one):
 - the network of one block (`make_block`, an NNX module; blocks are self-contained and share a
   structure, so their parameters stack);
 - data: each block's resumable training stream (`train_batches`), the batch's shapes
-  (`batch_spec`), and `check_data` (the I/O that validation may not do, run before compiling);
+  (`batch_spec`), `check_data` (the I/O that validation may not do, run before compiling) and
+  `data_fingerprint` (what a resume must find unchanged);
 - training: `draw(key, block, batch_spec)`, the step's randomness for the whole batch (levels from
   the block's band, noise, ...), and `loss(params, batch, draw, block)`, per example;
 - the chain and evaluation: `write_artifacts` after training, and whatever sampling and scoring
@@ -50,6 +51,11 @@ class Task(abc.ABC):
 
     def check_data(self) -> None:
         """Check that the data exists and fits the config (may read metadata); before compiling."""
+
+    def data_fingerprint(self) -> dict:
+        """What identifies the training data beyond the config (JSON values; e.g. a text file's
+        hash): recorded in run.json, and a resume on a different fingerprint is refused."""
+        return {}
 
     def memory_floor(self) -> list[tuple[int, str, str]]:
         """Lower bounds of the memory a run needs, as (bytes, "device" or "host", what needs it,

@@ -30,6 +30,9 @@ class ImageTask(Task):
 
     @classmethod
     def validate(cls, config) -> None:
+        dataset = config.data.dataset
+        require(dataset in data.dataset_names() or dataset.startswith("tfds:"), "data.dataset", dataset,
+                f"an image dataset for task {config.task}: {', '.join(data.dataset_names())} or tfds:<name>")
         require(config.data.image_size % config.model.patch_size == 0, "model.patch_size", config.model.patch_size,
                 f"a positive divisor of data.image_size={config.data.image_size}")
 

@@ -1,0 +1,210 @@
+"""Masked-diffusion language model with DiffusionBlocks (MD4; paper sec. 4.3, Table 3).
+
+MD4 (Shi et al., NeurIPS 2024) corrupts a sequence x by masking each symbol independently with
+probability 1 - alpha_t, with alpha_t = (1 - 2 eps)(1 - t) + eps (`engine.masking`). Its
+continuous-time negative ELBO (MD4 eq. 5) is
+
+    -log p(x) <= integral_0^1 w(t) E_q[ sum_{i masked in z_t} -log p(x_i | z_t) ] dt + endpoint terms,
+
+with w(t) = -alpha'_t / (1 - alpha_t) (about 1/t). DiffusionBlocks cuts [0, 1] into B bands of
+equal probability (t_b = b/B for the linear schedule); block 0 owns the most masked band, as the
+first block owns the noisiest sigma band. Each block is a whole `Transformer` trained alone on
+the ELBO integrand restricted to its (widened) band, t drawn uniformly and stratified across the
+batch, so the model's negative ELBO is the *sum* of the blocks' integrals over their own bands:
+`masked_lm_eval` estimates each with stratified t and reports bits per character.
+
+Losses are per symbol (the integrand divided by the sequence length), so the learning rate does
+not depend on it. Sampling is MD4's ancestral unmasking on a grid t_0 = 1 > ... > t_K = 0 run
+through the engine's chain (one key per step): a still-masked symbol is revealed with probability
+(alpha_s - alpha_t) / (1 - alpha_t), its value drawn from the softmax of the block owning t.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dblocks_jax.data import dataset_names
+from dblocks_jax.data import text
+from dblocks_jax.engine.chain import level_grid, make_chain, stack_blocks
+from dblocks_jax.engine.masking import LinearMasking
+from dblocks_jax.engine.settings import require
+from dblocks_jax.models.transformer import Transformer
+from dblocks_jax.tasks.base import Task
+
+
+class MaskedLM(Task):
+    name = "masked_lm"
+
+    @classmethod
+    def validate(cls, config) -> None:
+        dataset = config.data.dataset
+        require(text.is_text_source(dataset) and dataset not in dataset_names(), "data.dataset", dataset,
+                "a text source for task masked_lm: pydoc, textfile:PATH, text8:PATH or tfds:<text dataset>")
+        require(config.sampling.solver == "euler", "sampling.solver", config.sampling.solver,
+                "euler (the default: masked_lm samples by ancestral unmasking, the solver field is for Gaussian "
+                "chains)")
+
+    def __init__(self, config):
+        self.vocab_size = text.vocab_size(config.text.vocabulary)  # make_block needs it; no I/O
+        super().__init__(config)
+        self._chains: dict[tuple, object] = {}
+        self.integrand = jax.jit(self._integrand)
+
+    # -- data -------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def corpus(self) -> text.TextCorpus:
+        """The corpus: training head and held-out tail (read once per task)."""
+        t = self.config.text
+        return text.load_text(self.config.data.dataset, t.vocabulary, t.holdout)
+
+    def check_data(self) -> None:
+        """The text exists, decodes, and holds a training window and a held-out window."""
+        corpus, length = self.corpus, self.config.text.seq_len
+        for part, ids, fix in (("training", corpus.train, "a shorter text.seq_len or a longer text"),
+                               ("held-out", corpus.test, "a shorter text.seq_len or a larger text.holdout")):
+            if length > len(ids):
+                raise ValueError(f"invalid config: text.seq_len={length}, but the {part} text of "
+                                 f"{self.config.data.dataset} holds {len(ids)} symbols; allowed: {fix}")
+
+    def data_fingerprint(self) -> dict:
+        return self.corpus.fingerprint()
+
+    def memory_floor(self) -> list[tuple[int, str, str]]:
+        """One layer's attention logits and the output logits of one batch: both float32 and held at
+        once during the backward pass, whatever else the step needs."""
+        d, m, s, length = self.config.data, self.config.model, self.config.schedule, self.config.text.seq_len
+        per_device = d.batch_size // (s.data_shards if s.name == "parallel" else 1)
+        return [(4 * per_device * length * (m.num_heads * length + self.vocab_size), "device",
+                 f"attention and output logits of {per_device} sequences of text.seq_len={length} "
+                 f"(model.num_heads={m.num_heads}, {self.vocab_size} symbols)")]
+
+    def train_batches(self, block: int):
+        return self.corpus.batches(self.config.text.seq_len, self.config.data.batch_size,
+                                   seed=(self.config.run.seed, block))
+
+    def batch_spec(self, batch_size: int) -> dict:
+        return {"tokens": jax.ShapeDtypeStruct((batch_size, self.config.text.seq_len), jnp.int32)}
+
+    # -- the block and its loss -----------------------------------------------------------------------
+
+    def make_law(self) -> LinearMasking:
+        return LinearMasking(eps=self.config.text.mask_eps)
+
+    def make_block(self, rngs: nnx.Rngs) -> Transformer:
+        m = self.config.model
+        return Transformer(vocab_size=self.vocab_size, seq_len=self.config.text.seq_len, width=m.width,
+                           depth=m.layers_per_block, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+                           positions=m.positions, dropout=m.dropout, dtype=jnp.dtype(m.dtype), remat=m.remat,
+                           scan_layers=m.scan_layers, rngs=rngs)
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+    def draw(self, key, block, batch_spec) -> dict:
+        """t from the block's widened band (stratified across the batch), the uniforms that decide
+        which symbols are masked, and with dropout one key per example."""
+        k_t, k_u, k_drop = jax.random.split(key, 3)
+        n, length = batch_spec["tokens"].shape
+        out = {"t": self.partition.sample_level(k_t, block, (n,)),
+               "u": jax.random.uniform(k_u, (n, length), jnp.float32)}
+        if self.config.model.dropout:
+            out["dropout"] = jax.random.key_data(jax.random.split(k_drop, n))
+        return out
+
+    def loss(self, params, batch, draw, block) -> jax.Array:
+        keys = jax.random.wrap_key_data(draw["dropout"]) if "dropout" in draw else None
+        return self._integrand(params, batch["tokens"], draw["t"], draw["u"], self.block_depth(block), keys)
+
+    def corrupt(self, tokens_BL: jax.Array, t_B: jax.Array, u_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(z_t, masked): symbol i is masked iff u_i < 1 - alpha_t (probability 1 - alpha_t)."""
+        masked_BL = u_BL < (1.0 - self.law.alpha(t_B))[:, None]
+        return jnp.where(masked_BL, self.mask_id, tokens_BL), masked_BL
+
+    def _integrand(self, params, tokens_BL, t_B, u_BL, depth=None, keys=None) -> jax.Array:
+        """The ELBO integrand at t per example, in nats per symbol:
+        w(t) sum_{masked i} CE(logits_i, x_i) / L (MD4 eq. 5, restricted to one t)."""
+        z_BL, masked_BL = self.corrupt(tokens_BL, t_B, u_BL)
+        logits_BLV = self.network(params)(z_BL, t_B, depth, keys)
+        ce_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL)
+        return self.law.elbo_weight(t_B) * jnp.sum(jnp.where(masked_BL, ce_BL, 0.0), axis=-1) / tokens_BL.shape[1]
+
+    # -- sampling ---------------------------------------------------------------------------------------
+
+    def grid(self, steps: int | None = None, grid: str | None = None) -> np.ndarray:
+        s = self.config.sampling
+        return level_grid(grid or s.grid, steps or s.steps, self.law)
+
+    def chain(self, steps: int | None = None, grid: str | None = None, keep_path: bool = False):
+        """The jitted ancestral sampler `run(stacked, z0, example_ids, key)` (-> tokens, or
+        (tokens, path) with `keep_path`). Each example's randomness is its step key folded with its
+        id, so a sample does not depend on the batch it is drawn in."""
+        levels = self.grid(steps, grid)
+        cache_key = (tuple(levels.tolist()), keep_path)
+        if cache_key in self._chains:
+            return self._chains[cache_key]
+
+        def logits_at(params_at, z_BL, t, b):
+            return self.network(params_at(b))(z_BL, jnp.full(z_BL.shape[:1], t, jnp.float32), self.block_depth(b))
+
+        def step(params_at, z_BL, ids_B, t, s, b, b_next, key):
+            alpha_t, alpha_s = self.law.alpha(t), self.law.alpha(s)
+            reveal_p = (alpha_s - alpha_t) / (1.0 - alpha_t)
+            keys_B = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids_B)
+            k_reveal, k_token = jax.vmap(jax.random.split, out_axes=1)(keys_B)
+            logits_BLV = logits_at(params_at, z_BL, t, b)
+            reveal_BL = jax.vmap(lambda k: jax.random.uniform(k, z_BL.shape[1:]))(k_reveal) < reveal_p
+            token_BL = jax.vmap(jax.random.categorical)(k_token, logits_BLV)
+            return jnp.where((z_BL == self.mask_id) & reveal_BL, token_BL, z_BL)
+
+        def read_out(params_at, z_BL, ids_B, t, b):
+            # At t_K = 0 about eps of the symbols are still masked: they take the last block's argmax.
+            return jnp.where(z_BL == self.mask_id, jnp.argmax(logits_at(params_at, z_BL, t, b), -1), z_BL)
+
+        run = self._chains[cache_key] = make_chain(step, read_out, self.partition, levels, keep_path=keep_path)
+        return run
+
+    def sample(self, block_params: list, num_samples: int, *, seed: int = 0, steps: int | None = None,
+               grid: str | None = None, batch_size: int = 64, keep_path: bool = False):
+        """`num_samples` token sequences (N, L) int32 drawn by ancestral unmasking; with
+        `keep_path`, also the states after every chain step (N, K, L), the mask id marking masks."""
+        if len(block_params) != self.num_blocks:
+            raise ValueError(f"got parameters for {len(block_params)} blocks; the partition has {self.num_blocks}")
+        run, stacked = self.chain(steps, grid, keep_path), stack_blocks(block_params)
+        key, length = jax.random.fold_in(jax.random.key(seed), 2), self.config.text.seq_len
+        tokens, paths = [], []
+        for start in range(0, num_samples, batch_size):
+            count = min(batch_size, num_samples - start)
+            z0 = jnp.full((count, length), self.mask_id, jnp.int32)
+            out = run(stacked, z0, jnp.arange(start, start + count, dtype=jnp.int32), key)
+            tokens.append(np.asarray(out[0] if keep_path else out))
+            if keep_path:
+                paths.append(np.asarray(out[1]).swapaxes(0, 1))
+        return (np.concatenate(tokens), np.concatenate(paths)) if keep_path else np.concatenate(tokens)
+
+    def decode(self, tokens) -> str:
+        """Text of token ids; the mask id shows as '_'."""
+        tokens = np.asarray(tokens)
+        parts = np.split(tokens, np.flatnonzero(np.diff(tokens == self.mask_id)) + 1)
+        return "".join("_" * len(p) if p[0] == self.mask_id else text.decode(p, self.config.text.vocabulary)
+                       for p in parts if len(p))
+
+    def write_artifacts(self, workdir: str, block_params: list) -> None:
+        """bpc.json (the held-out negative ELBO with run.seed's draws) and samples.txt."""
+        from dblocks_jax.tasks.masked_lm_eval import score
+
+        result = score(self, block_params, seeds=(self.config.run.seed,))
+        with open(os.path.join(workdir, "bpc.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        samples = self.sample(block_params, self.config.sampling.num_samples, seed=self.config.run.seed)
+        with open(os.path.join(workdir, "samples.txt"), "w") as f:
+            f.write("\n".join(self.decode(s) for s in samples) + "\n")

@@ -1,0 +1,141 @@
+"""Scoring a masked-diffusion language model: bits per character from the negative ELBO, each
+block's share of it, the unigram floor, and samples.
+
+The model's negative ELBO per symbol (MD4 eq. 5, `tasks.masked_lm`) is
+
+    sum over blocks b of  integral over b's own band [lo_b, hi_b] of f(t) dt  +  prior  +  reconstruction,
+
+with f(t) = w(t) E[sum_{masked i} CE_i] / L evaluated by the block that owns t. Each band's
+integral is (hi_b - lo_b) times the mean of f over t drawn uniformly in the band, stratified
+across the held-out windows (window n gets a t in the n-th of N equal slices, in a shuffled order),
+with fresh masks. The 1/t weight makes the estimate noisy: at small t few symbols are masked and
+each weighs much (the variance of one draw grows like 1 / (L t)), so every window is scored at
+`text.eval_draws` values of t per band, and the spread over seeds is reported. The endpoint terms are tiny for eps = 1e-4 but counted: the prior term is
+KL(q(z_1 | x) || p(z_1)) = alpha_1 ln V per symbol for a prior that masks with probability
+1 - alpha_1 and otherwise draws a uniform symbol; the reconstruction term -log p(x | z_0) is
+(1 - alpha_0) times the cross-entropy of a symbol masked at t = 0 (one random position per window,
+estimated with the lowest block; O(eps^2) terms dropped).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jax.numpy as jnp
+import numpy as np
+
+from dblocks_jax.data import text
+from dblocks_jax.evaluation.stats import summary
+
+SALT = 0xB9C  # folded into an evaluation seed: the draws of t and of the masks
+
+
+def held_out(task, max_sequences: int | None = None) -> np.ndarray:
+    """The held-out text as non-overlapping windows (N, L) int32, the first `max_sequences` of
+    them (`text.eval_sequences` when None; 0: all)."""
+    limit = task.config.text.eval_sequences if max_sequences is None else max_sequences
+    windows = text.sequences(task.corpus.test, task.config.text.seq_len).astype(np.int32)
+    return windows[:limit] if limit else windows
+
+
+def negative_elbo(task, block_params: list, windows_NL: np.ndarray, seed: int, draws: int | None = None,
+                  batch_size: int = 256) -> dict:
+    """The negative ELBO of `windows_NL` in nats per symbol: `per_block` (each block's integral over
+    its own band, network order), `prior`, `reconstruction` and their `total`. Every window is
+    scored at `draws` times t per band (`text.eval_draws` when None)."""
+    rng = np.random.default_rng([seed, SALT])
+    windows_NL = np.repeat(windows_NL, draws or task.config.text.eval_draws, axis=0)
+    n, length = windows_NL.shape
+    per_block = np.zeros(task.num_blocks)
+    for b in range(task.num_blocks):
+        lo, hi = task.partition.band(b)
+        t_N = (lo + (hi - lo) * (rng.permutation(n) + rng.random(n)) / n).astype(np.float32)
+        t_N = np.clip(t_N, np.nextafter(np.float32(lo), np.float32(1)), np.float32(hi))  # inside (lo, hi]
+        u_NL = rng.random((n, length), dtype=np.float32)
+        owner = task.partition.block_of(t_N)
+        f_N = np.zeros(n)
+        for o in np.unique(owner):  # every t is scored by the block that owns it (b, but checked)
+            idx = np.flatnonzero(owner == o)
+            f_N[idx] = _batched(task, block_params[o], o, windows_NL[idx], t_N[idx], u_NL[idx], batch_size)
+        per_block[b] = (hi - lo) * f_N.mean()
+    alpha_0, alpha_1 = float(task.law.alpha(0.0)), float(task.law.alpha(1.0))
+    prior = alpha_1 * math.log(task.vocab_size)
+    reconstruction = (1.0 - alpha_0) * _masked_at_zero(task, block_params[-1], windows_NL, rng, batch_size)
+    return {"per_block": per_block.tolist(), "prior": prior, "reconstruction": reconstruction,
+            "total": float(per_block.sum() + prior + reconstruction)}
+
+
+def _batched(task, params, block: int, windows, t, u, batch_size: int) -> np.ndarray:
+    depth = task.block_depth(block)
+    return np.concatenate([np.asarray(task.integrand(params, jnp.asarray(windows[s:s + batch_size]),
+                                                     jnp.asarray(t[s:s + batch_size]),
+                                                     jnp.asarray(u[s:s + batch_size]), depth))
+                           for s in range(0, len(windows), batch_size)])
+
+
+def _masked_at_zero(task, params, windows_NL, rng, batch_size: int) -> float:
+    """Mean cross-entropy (nats) of one symbol masked at t = 0, the rest visible."""
+    n, length = windows_NL.shape
+    u_NL = np.ones((n, length), np.float32)
+    u_NL[np.arange(n), rng.integers(0, length, n)] = 0.0  # u = 0 < 1 - alpha_0: masked
+    # The integrand at t = 0 is w(0) CE / L with w(0) = (1 - 2 eps) / (1 - alpha_0).
+    f_N = _batched(task, params, task.num_blocks - 1, windows_NL, np.zeros(n, np.float32), u_NL, batch_size)
+    return float(f_N.mean() * length / float(task.law.elbo_weight(0.0)))
+
+
+def bits_per_character(task, windows_NL: np.ndarray) -> float:
+    """Bits per symbol -> bits per character: 1 for character vocabularies; for bytes, the held-out
+    text's bytes per character (UTF-8)."""
+    if task.config.text.vocabulary != "bytes":
+        return 1.0
+    raw = windows_NL.astype(np.uint8).tobytes()
+    return len(raw) / max(1, len(raw.decode("utf-8", errors="replace")))
+
+
+def score(task, block_params: list, seeds=(0,), windows_NL: np.ndarray | None = None,
+          draws: int | None = None) -> dict:
+    """BPC (mean +/- std over `seeds`' draws of t and masks), each block's share, the endpoint
+    terms and the unigram floor of the held-out text."""
+    windows = held_out(task) if windows_NL is None else windows_NL
+    runs = [negative_elbo(task, block_params, windows, seed, draws) for seed in seeds]
+    per_character = bits_per_character(task, windows)
+    scale = per_character / math.log(2)  # nats per symbol -> bits per character
+    unit = "bits per character" if per_character == 1.0 else "bits per character (from bits per byte)"
+    return {
+        "bpc": summary([r["total"] * scale for r in runs]),
+        "bpc_per_block": [summary([r["per_block"][b] * scale for r in runs]) for b in range(task.num_blocks)],
+        "bpc_endpoints": summary([(r["prior"] + r["reconstruction"]) * scale for r in runs]),
+        "bits_per_symbol": summary([r["total"] / math.log(2) for r in runs]),
+        "unigram_bpc": text.unigram_bpc(task.corpus) * per_character,
+        "unit": unit, "vocabulary": task.config.text.vocabulary, "num_sequences": int(len(windows)),
+        "draws_per_sequence": draws or task.config.text.eval_draws,
+        "seq_len": task.config.text.seq_len, "seeds": list(seeds),
+        "band_edges": [list(task.partition.band(b)) for b in range(task.num_blocks)],
+    }
+
+
+def word_validity(samples: list[str], corpus) -> float:
+    """Share of the samples' whole words (the first and last word of a sample may be cut: dropped)
+    that occur in the training text: a cheap reading of generation quality for character models."""
+    known = set(re.findall(r"[a-z]+", text.decode(corpus.train, corpus.vocabulary).lower()))
+    words = [w for s in samples for w in re.findall(r"[a-z]+", s.lower())[1:-1]]
+    return float(np.mean([w in known for w in words])) if words else float("nan")
+
+
+def evaluate_run(workdir, *, seeds=(0, 1, 2), overrides: dict | None = None, untrained: bool = False,
+                 num_samples: int | None = None, steps: int | None = None) -> dict:
+    """`score` over `seeds`, plus samples (drawn with the first seed) and their word validity
+    next to the held-out text's own."""
+    from dblocks_jax import runs
+
+    task, params, block_steps = runs.load_run(workdir, overrides, untrained=untrained)
+    result = score(task, params, seeds)
+    count = num_samples or task.config.sampling.num_samples
+    samples = [task.decode(s) for s in task.sample(params, count, seed=seeds[0], steps=steps)]
+    reference = [task.decode(w) for w in held_out(task, count)]
+    result.update({"samples": samples, "word_validity": word_validity(samples, task.corpus),
+                   "held_out_word_validity": word_validity(reference, task.corpus),
+                   "sample_steps": steps or task.config.sampling.steps, "sample_grid": task.config.sampling.grid,
+                   "block_steps": block_steps, "untrained": untrained})
+    return result
