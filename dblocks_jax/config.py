@@ -216,7 +216,13 @@ class Config(Section):
                 f"a positive divisor of data.batch_size={self.data.batch_size}")
         from dblocks_jax.tasks import task_class
 
-        task_class(self.task).validate(self)
+        task = task_class(self.task)
+        for path in task.unused_fields:
+            section, name = path.split(".")
+            value = getattr(getattr(self, section), name)
+            default = {f.name: f.default for f in dataclasses.fields(type(getattr(self, section)))}[name]
+            require(value == default, path, value, f"{default!r}, its default: task {self.task} does not use it")
+        task.validate(self)
 
     def override(self, overrides: dict[str, Any]) -> "Config":
         check_paths(overrides)

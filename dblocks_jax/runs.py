@@ -20,8 +20,10 @@ def train(config: Config, workdir: str | None = None, **kwargs: Any) -> TrainRes
 
 
 def default_workdir(config: Config) -> str:
-    return os.path.join("runs", f"{config.data.dataset.replace(':', '_')}_B{config.model.num_blocks}_"
-                                f"{config.schedule.name}_seed{config.run.seed}")
+    """runs/<data>_B<B>_<schedule>_seed<seed>; a file source is named by its file (textfile:a/b.txt -> textfile_b)."""
+    kind, sep, rest = config.data.dataset.partition(":")
+    name = f"{kind}_{os.path.splitext(os.path.basename(rest))[0]}" if sep else kind
+    return os.path.join("runs", f"{name}_B{config.model.num_blocks}_{config.schedule.name}_seed{config.run.seed}")
 
 
 def read_run_config(workdirs: str | Sequence[str], overrides: dict[str, Any] | None = None) -> Config:

@@ -16,10 +16,10 @@ def test_grids_descend_from_sigma_max_to_sigma_min(kind):
     assert len(t) == 18 and t[0] == 80.0 and t[-1] == 0.002 and np.all(np.diff(t) < 0)
 
 
-def test_cosine_grid_over_masking_time_takes_its_small_steps_near_t_zero():
+def test_cosine_grid_over_masking_time_is_md4s_and_reveals_little_at_first():
     t = level_grid("cosine", 8, LinearMasking())
-    np.testing.assert_allclose(t, 1 - np.cos(np.pi / 2 * np.arange(8, -1, -1) / 8), atol=1e-12)
-    assert np.all(np.diff(-np.diff(t)) < 0)  # every step shorter than the one before
+    np.testing.assert_allclose(t, np.cos(np.pi / 2 * np.arange(9) / 8), atol=1e-12)  # MD4's t_i = cos(pi/2 i/K)
+    assert np.all(np.diff(-np.diff(t)) > 0)  # every step longer than the one before
     np.testing.assert_allclose(level_grid("equiprobable", 4, LinearMasking()), [1, 0.75, 0.5, 0.25, 0])
 
 

@@ -49,11 +49,13 @@ def karras_grid(num_steps: int, law: LevelLaw, rho: float = 7.0) -> np.ndarray:
 
 
 def cosine_grid(num_steps: int, law: LevelLaw) -> np.ndarray:
-    """t_i = t_min + (t_max - t_min)(1 - cos(pi/2 (1 - i/K))): steps shrink towards the low end,
-    where a masked-diffusion chain decides its last symbols (for the linear schedule a step
-    reveals a share of the symbols proportional to its length in t)."""
-    ramp = np.arange(num_steps + 1) / num_steps
-    grid = law.level_min + (law.level_max - law.level_min) * (1.0 - np.cos(0.5 * np.pi * (1.0 - ramp)))
+    """q_i = q_min + (q_max - q_min) cos(pi/2 i/K) in the law's CDF, t_i = quantile(q_i): short steps
+    at the top of the range, long ones at the bottom. Over masking time (whose CDF is the identity)
+    this is MD4's cosine grid, t_i = cos(pi/2 i/K): for the linear schedule a step reveals a share
+    of the symbols proportional to its length in t, so the chain reveals few symbols while it has
+    little context to go on and more as the context fills in."""
+    q_min, q_max = law.cdf([law.level_min, law.level_max])
+    grid = law.quantile(q_min + (q_max - q_min) * np.cos(0.5 * np.pi * np.arange(num_steps + 1) / num_steps))
     grid[0], grid[-1] = law.level_max, law.level_min
     return grid
 

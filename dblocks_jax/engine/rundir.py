@@ -106,6 +106,11 @@ def read_runs_config(workdirs: Sequence[str], config_cls: type) -> Any:
         if differing:
             raise ValueError("these runs cannot be assembled into one model: their model-defining fields "
                              "disagree: " + "; ".join(differing))
+    data = [((read_run_record(w) or {}).get("data") or None, w) for w in workdirs]
+    recorded = [(d, w) for d, w in data if d]
+    if any(d != recorded[0][0] for d, _ in recorded):
+        raise ValueError("these runs cannot be assembled into one model: they trained on different data: "
+                         + "; ".join(f"{w}: {d}" for d, w in recorded))
     return configs[0]
 
 

@@ -46,7 +46,9 @@ class Transformer(nnx.Module):
                                  dropout=dropout, rope=positions == "rope", rngs=rngs)
         self.final_norm = nnx.LayerNorm(width, epsilon=1e-6, use_bias=False, use_scale=False, rngs=rngs)
         self.head_ada = nnx.Linear(width, 2 * width, kernel_init=_zeros, dtype=dtype, rngs=rngs)
-        self.head = nnx.Linear(width, vocab_size, kernel_init=_normal, dtype=dtype, rngs=rngs)
+        # The head computes in float32 whatever the model's dtype: it is small (width x vocab), and
+        # the cross-entropy and the likelihood are read from its logits.
+        self.head = nnx.Linear(width, vocab_size, kernel_init=_normal, dtype=jnp.float32, rngs=rngs)
 
     @property
     def mask_id(self) -> int:
@@ -64,4 +66,4 @@ class Transformer(nnx.Module):
         cond_BD = self.time_mlp2(nnx.silu(self.time_mlp1(timestep_embedding(TIME_SCALE * t_B, NOISE_FEATURES))))
         x_BLD = self.layers(x_BLD, cond_BD, depth, keys_B)
         shift_BD, scale_BD = jnp.split(self.head_ada(nnx.silu(cond_BD)), 2, axis=-1)
-        return self.head(modulate(self.final_norm(x_BLD), shift_BD, scale_BD)).astype(jnp.float32)
+        return self.head(modulate(self.final_norm(x_BLD), shift_BD, scale_BD).astype(jnp.float32))

@@ -33,6 +33,9 @@ from dblocks_jax.engine.partition import BlockPartition
 
 class Task(abc.ABC):
     name: ClassVar[str]
+    # Config fields this task never reads: a value other than the default is refused (naming the
+    # field) instead of being silently ignored.
+    unused_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config):
         self.config = config

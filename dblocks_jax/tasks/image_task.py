@@ -27,6 +27,7 @@ class ImageTask(Task):
     """A task whose batches are {"image": (N, H, W, C) float32 in [-1, 1], "label": (N,) int32}."""
 
     extra_tokens = 0  # tokens a block adds to the image's patches (a CLS token, for instance)
+    unused_fields = ("text.vocabulary", "text.seq_len", "text.holdout", "text.mask_eps", "model.positions")
 
     @classmethod
     def validate(cls, config) -> None:

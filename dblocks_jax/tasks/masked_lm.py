@@ -42,15 +42,16 @@ from dblocks_jax.tasks.base import Task
 
 class MaskedLM(Task):
     name = "masked_lm"
+    # Ancestral unmasking has no ODE solver, guidance or churn; the text is neither augmented nor
+    # class-conditioned.
+    unused_fields = ("sampling.solver", "sampling.guidance", "sampling.s_churn", "data.augment",
+                     "model.class_conditional", "model.label_dropout", "model.patch_size")
 
     @classmethod
     def validate(cls, config) -> None:
         dataset = config.data.dataset
         require(text.is_text_source(dataset) and dataset not in dataset_names(), "data.dataset", dataset,
                 "a text source for task masked_lm: pydoc, textfile:PATH, text8:PATH or tfds:<text dataset>")
-        require(config.sampling.solver == "euler", "sampling.solver", config.sampling.solver,
-                "euler (the default: masked_lm samples by ancestral unmasking, the solver field is for Gaussian "
-                "chains)")
 
     def __init__(self, config):
         self.vocab_size = text.vocab_size(config.text.vocabulary)  # make_block needs it; no I/O
