@@ -218,73 +218,6 @@ def run_assemble(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}; sample it with `dblocks sample --workdir {args.out} --out samples.png`")
 
 
-def run_sample(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from dblocks_jax import runs
-    from dblocks_jax.evaluation.plots import save_image_grid
-
-    check_output("--out", args.out)
-    check_seed("--seed", args.seed)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}; allowed: an integer >= 1")
-    overrides = sampling_overrides(args)
-    task_name = runs.read_run_config(args.workdir).task
-    if task_name == "masked_lm":
-        return _sample_text(args, overrides)
-    if task_name != "image_generation":
-        raise ValueError(f"sample draws images from an image_generation run or text from a masked_lm run; "
-                         f"{args.workdir[0]} holds a run of task {task_name} (score it with `dblocks evaluate`)")
-    if not args.out.endswith((".png", ".npz", ".npy")):
-        raise ValueError(f"--out must end in .png, .npz or .npy for an image_generation run, got {args.out!r}")
-    task, params, _ = runs.load_run(args.workdir, overrides)
-    s = task.config.sampling
-    labels = None
-    if args.class_label is not None:
-        if not 0 <= args.class_label < task.num_classes:
-            raise ValueError(f"--class {args.class_label}; allowed: 0..{task.num_classes - 1} for this run "
-                             f"(model.class_conditional: {task.config.model.class_conditional})")
-        labels = np.full(s.num_samples, args.class_label, np.int32)
-    batches = task.sample_batches(params, labels=labels, seed=args.seed, batch_size=args.batch_size)
-    if args.out.endswith(".npy"):  # streamed: written batch by batch, never all in memory
-        out = np.lib.format.open_memmap(args.out, mode="w+", dtype=np.float32,
-                                        shape=(s.num_samples, *task.image_shape))
-        start = 0
-        for images, _ in batches:
-            out[start:start + len(images)] = images
-            start += len(images)
-        out.flush()
-    else:
-        parts = list(batches)
-        images = np.concatenate([p[0] for p in parts])
-        labels = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
-        if args.out.endswith(".png"):
-            save_image_grid(args.out, images)
-        else:
-            np.savez(args.out, images=images, labels=labels if labels is not None else np.zeros(0, np.int32))
-    print(f"wrote {s.num_samples} samples ({s.solver}, {s.steps} steps, {s.grid} grid, guidance {s.guidance}) "
-          f"to {args.out}")
-
-
-def _sample_text(args: argparse.Namespace, overrides: dict) -> None:
-    """`sample` for a masked_lm run: one sample per line of --out FILE.txt."""
-    from dblocks_jax import runs
-
-    if not args.out.endswith(".txt"):
-        raise ValueError(f"--out must end in .txt for a masked_lm run, got {args.out!r}")
-    unused = [f for f, v in (("--class", args.class_label), ("--guidance", args.guidance), ("--solver", args.solver))
-              if v is not None]
-    if unused:
-        raise ValueError(f"{', '.join(unused)}: for image_generation runs; a masked_lm run samples by ancestral "
-                         f"unmasking (it takes --num-samples, --steps, --grid, --seed)")
-    task, params, _ = runs.load_run(args.workdir, overrides)
-    s = task.config.sampling
-    samples = task.sample(params, s.num_samples, seed=args.seed or 0, batch_size=args.batch_size)
-    with open(args.out, "w") as f:
-        f.write("\n".join(task.decode(x) for x in samples) + "\n")
-    print(f"wrote {s.num_samples} samples ({s.steps} unmasking steps, {s.grid} grid) to {args.out}")
-
-
 def run_bench(args: argparse.Namespace) -> None:
     from dblocks_jax.engine import bench
     from dblocks_jax.evaluation import bench_report
@@ -360,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quiet_libraries(args.verbose)
     from dblocks_jax.cli_evaluate import run_evaluate
+    from dblocks_jax.cli_sample import run_sample
 
     commands = {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "bench": run_bench,
                 "assemble": run_assemble, "list": run_list}

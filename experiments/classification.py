@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dblocks_jax import runs  # noqa: E402
 from dblocks_jax.config import get_config  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
-from experiments.common import mean_std, step_cost  # noqa: E402
+from experiments.common import add_common_arguments, results_dir, mean_std, step_cost  # noqa: E402
 from dblocks_jax.tasks.image_classification_eval import held_out, score  # noqa: E402
 
 PRESETS = {"digits": "digits_vit", "patterns": "patterns_vit"}
@@ -129,15 +128,9 @@ def main(argv=None) -> None:
     parser.add_argument("--datasets", default="digits,patterns")
     parser.add_argument("--variants", help=f"comma-separated subset of {', '.join(VARIANTS)} (default: all on "
                                            f"digits, {', '.join(MAIN)} on the other datasets)")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", help="results directory (default: experiments/results/classification; with "
-                                      "--tiny a temporary directory, so that smoke runs never mix with real ones)")
-    parser.add_argument("--tiny", action="store_true", help="tiny models and 20 steps: checks the script, not the claim")
+    add_common_arguments(parser, "classification")
     args = parser.parse_args(argv)
-    if args.out is None:
-        args.out = (os.path.join(tempfile.gettempdir(), "dblocks_classification_tiny") if args.tiny
-                    else os.path.join("experiments", "results", "classification"))
-    os.makedirs(args.out, exist_ok=True)
+    args.out = results_dir(args, "classification")
     path = os.path.join(args.out, "records.jsonl")
     records = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
     done = {(r["dataset"], r["variant"], r["seed"]) for r in records}  # finished runs are not repeated

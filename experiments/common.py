@@ -3,13 +3,31 @@ spread over seeds, and the append-only records that let an interrupted experimen
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
+import tempfile
 
 from dblocks_jax.engine import bench
 from dblocks_jax.engine.trainer import BlockTrainer
 from dblocks_jax.tasks import make_task
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """--seeds, --out and --tiny, as every experiment script takes them."""
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", help=f"results directory (default: experiments/results/{name}; with --tiny a "
+                                      f"temporary directory, so that smoke runs never mix with real ones)")
+    parser.add_argument("--tiny", action="store_true", help="tiny models, few steps: checks the script, not the claim")
+
+
+def results_dir(args: argparse.Namespace, name: str) -> str:
+    """--out, or the experiment's default directory (a temporary one with --tiny), created."""
+    out = args.out or (os.path.join(tempfile.gettempdir(), f"dblocks_{name}_tiny") if args.tiny
+                       else os.path.join("experiments", "results", name))
+    os.makedirs(out, exist_ok=True)
+    return out
 
 
 def step_cost(config, time_steps: int) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,7 +26,7 @@ from dblocks_jax import runs  # noqa: E402
 from dblocks_jax.config import get_config  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
 from dblocks_jax.tasks.masked_lm_eval import score  # noqa: E402
-from experiments.common import append_record, mean_std, read_json, read_records, step_cost, update_json  # noqa: E402
+from experiments.common import add_common_arguments, results_dir, append_record, mean_std, read_json, read_records, step_cost, update_json  # noqa: E402
 
 VARIANTS = {"e2e_B1": 1, "db_B2": 2, "db_B3": 3, "db_B4": 4}
 TINY = {"model.width": 16, "model.num_heads": 2, "model.num_layers": 12, "text.seq_len": 16, "data.batch_size": 8,
@@ -109,16 +108,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text", action="append", default=[], help="also a UTF-8 text file (repeatable)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {', '.join(VARIANTS)}")
-    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=1500, help="optimizer steps per block (the preset's)")
-    parser.add_argument("--out", help="results directory (default: experiments/results/masked_lm; with --tiny a "
-                                      "temporary directory, so that smoke runs never mix with real ones)")
-    parser.add_argument("--tiny", action="store_true", help="tiny models, few steps: checks the script, not the claim")
+    add_common_arguments(parser, "masked_lm")
     args = parser.parse_args(argv)
-    if args.out is None:
-        args.out = (os.path.join(tempfile.gettempdir(), "dblocks_masked_lm_tiny") if args.tiny
-                    else os.path.join("experiments", "results", "masked_lm"))
-    os.makedirs(args.out, exist_ok=True)
+    args.out = results_dir(args, "masked_lm")
     path, costs_path = os.path.join(args.out, "records.jsonl"), os.path.join(args.out, "costs.json")
     done = {(r["corpus"], r["variant"], r["seed"], r["steps"]) for r in read_records(path)}
     variants, seeds = args.variants.split(","), [int(s) for s in args.seeds.split(",")]

@@ -11,7 +11,7 @@ from scipy.stats import ortho_group
 from dblocks_jax import cli, data, load_run, train
 from dblocks_jax.evaluation import image_quality
 
-FAST = image_quality.ClassifierSettings(steps=300)
+FAST = image_quality.ClassifierSettings(steps=150)
 
 
 @pytest.fixture(autouse=True)
