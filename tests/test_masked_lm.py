@@ -268,3 +268,27 @@ def test_resume_refuses_a_training_text_that_changed(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main([*base, "--resume"]) == 2
     assert "training data changed" in capsys.readouterr().err
+
+
+def test_a_tfds_text_dataset_trains_and_scores_through_grain(tmp_path, monkeypatch):
+    """tfds:tiny_shakespeare under TFDS's mock data (records of random symbols): the task streams its
+    train split through Grain, holds out its test split, trains and scores (the stream's resume is
+    tested in test_text.py)."""
+    import functools
+
+    import tensorflow_datasets as tfds
+
+    from dblocks_jax import runs
+    from dblocks_jax.data import text_tfds
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    # A small window-shuffle buffer: the mock's records are ~15 symbols, read one by one.
+    monkeypatch.setattr(text_tfds, "tfds_corpus", functools.partial(text_tfds.tfds_corpus, shuffle_symbols=512))
+    config = tiny(**{"data.dataset": "tfds:tiny_shakespeare", "optim.steps": 3, "sampling.num_samples": 2})
+    with tfds.testing.mock_data(num_examples=64):
+        result = runs.train(config, str(tmp_path / "run"), progress=False)
+    assert result.block_steps == [3, 3]
+    with open(tmp_path / "run" / "bpc.json") as f:
+        assert json.load(f)["num_sequences"] > 10
+    with open(tmp_path / "run" / "run.json") as f:
+        assert json.load(f)["data"]["source"] == "tfds:tiny_shakespeare"
