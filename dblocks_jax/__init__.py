@@ -12,7 +12,8 @@ import importlib
 
 _EXPORTS = {
     "PRESETS": "dblocks_jax.config", "Config": "dblocks_jax.config", "get_config": "dblocks_jax.config",
-    "EDM": "dblocks_jax.engine.edm", "NonFiniteLossError": "dblocks_jax.engine.logger",
+    "EDM": "dblocks_jax.engine.edm", "LinearMasking": "dblocks_jax.engine.masking",
+    "NonFiniteLossError": "dblocks_jax.engine.logger",
     "TrainResult": "dblocks_jax.engine.loop", "BlockPartition": "dblocks_jax.engine.partition",
     "load_run": "dblocks_jax.runs", "read_run_config": "dblocks_jax.runs", "train": "dblocks_jax.runs",
     "make_task": "dblocks_jax.tasks",

@@ -364,7 +364,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                         "2-core CPU, minutes", {
         **_MD4, "data.dataset": "pydoc", "data.batch_size": 32, "text.seq_len": 64, "model.width": 64,
         "model.num_heads": 4, "optim.learning_rate": 2e-3, "optim.warmup_steps": 100, "optim.steps": 1500,
-        "text.eval_sequences": 0, "text.eval_draws": 8, "sampling.steps": 64, "sampling.num_samples": 8, "run.log_every": 50}),
+        "text.eval_sequences": 0, "text.eval_draws": 8, "sampling.steps": 64, "sampling.num_samples": 8,
+        "run.log_every": 50}),
     Preset("text8_md4", "the paper's Table 3 setting: MD4, 12 layers, width 768, 12 heads, seq 256, B = 3 on "
                         "text8 (give its path: --set data.dataset=text8:PATH), for GPU/TPU", {
         **_MD4, "data.dataset": "text8:text8.zip", "data.batch_size": 256, "text.seq_len": 256,

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dblocks_jax import runs  # noqa: E402
 from dblocks_jax.config import get_config  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
-from experiments.common import add_common_arguments, results_dir, mean_std, step_cost  # noqa: E402
+from experiments.common import add_common_arguments, mean_std, results_dir, step_cost  # noqa: E402
 from dblocks_jax.tasks.image_classification_eval import held_out, score  # noqa: E402
 
 PRESETS = {"digits": "digits_vit", "patterns": "patterns_vit"}

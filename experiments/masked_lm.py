@@ -26,7 +26,8 @@ from dblocks_jax import runs  # noqa: E402
 from dblocks_jax.config import get_config  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
 from dblocks_jax.tasks.masked_lm_eval import score  # noqa: E402
-from experiments.common import add_common_arguments, results_dir, append_record, mean_std, read_json, read_records, step_cost, update_json  # noqa: E402
+from experiments.common import (add_common_arguments, append_record, mean_std, read_json, read_records,  # noqa: E402
+                                results_dir, step_cost, update_json)
 
 VARIANTS = {"e2e_B1": 1, "db_B2": 2, "db_B3": 3, "db_B4": 4}
 TINY = {"model.width": 16, "model.num_heads": 2, "model.num_layers": 12, "text.seq_len": 16, "data.batch_size": 8,
@@ -84,8 +85,8 @@ def report(records: list[dict], costs: dict, out: str) -> None:
                                                            "unigram_bpc": rs[0]["unigram_bpc"], **c}
             lines.append(f"| {corpus} | {variant} | {steps} | {len(rs)} | {bpc[0]:.3f} ± {bpc[1]:.3f} | "
                          f"{' + '.join(f'{m:.3f}' for m, _ in shares)} | {rs[0]['unigram_bpc']:.3f} | "
-                         f"{c.get('step_peak_bytes', 0) / 2**20:.1f} | {c.get('interleaved_total_bytes', 0) / 2**20:.1f}"
-                         f" | {1e3 * c.get('step_seconds', 0):.1f} |")
+                         f"{c.get('step_peak_bytes', 0) / 2**20:.1f} | "
+                         f"{c.get('interleaved_total_bytes', 0) / 2**20:.1f} | {1e3 * c.get('step_seconds', 0):.1f} |")
             bottom = 0.0
             for b, (m, s) in enumerate(shares):  # each band's share, stacked from the most masked up
                 ax.bar(i, m, bottom=bottom, yerr=s, capsize=2, color=plt.cm.viridis(b / 4), edgecolor="k", lw=0.5)

@@ -10,7 +10,9 @@ integral is (hi_b - lo_b) times the mean of f over t drawn uniformly in the band
 across the held-out windows (window n gets a t in the n-th of N equal slices, in a shuffled order),
 with fresh masks. The 1/t weight makes the estimate noisy: at small t few symbols are masked and
 each weighs much (the variance of one draw grows like 1 / (L t)), so every window is scored at
-`text.eval_draws` values of t per band, and the spread over seeds is reported. The endpoint terms are tiny for eps = 1e-4 but counted: the prior term is
+`text.eval_draws` values of t per band, and the spread over seeds is reported.
+
+The endpoint terms are tiny for eps = 1e-4 but counted: the prior term is
 KL(q(z_1 | x) || p(z_1)) = alpha_1 ln V per symbol for a prior that masks with probability
 1 - alpha_1 and otherwise draws a uniform symbol; the reconstruction term -log p(x | z_0) is
 (1 - alpha_0) times the cross-entropy of a symbol masked at t = 0 (one random position per window,
