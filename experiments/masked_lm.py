@@ -16,16 +16,19 @@ contributions to <out>/<corpus>_bpc_per_block.png.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
+
 from dblocks_jax import runs  # noqa: E402
 from dblocks_jax.config import get_config  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
-from dblocks_jax.tasks.masked_lm_eval import score  # noqa: E402
+from dblocks_jax.tasks.masked_lm_eval import held_out, negative_elbo, score  # noqa: E402
 from experiments.common import (add_common_arguments, append_record, mean_std, read_json, read_records,  # noqa: E402
                                 results_dir, step_cost, update_json)
 
@@ -43,9 +46,13 @@ def config_of(corpus: str, variant: str, steps: int, tiny: bool, seed: int = 0):
     return get_config("pydoc_md4", overrides)
 
 
+def workdir_of(out: str, corpus: str, variant: str, steps: int, seed: int) -> str:
+    return os.path.join(out, "runs", f"{label(corpus)}_{variant}_steps{steps}_seed{seed}")
+
+
 def run_one(corpus: str, variant: str, seed: int, steps: int, out: str, tiny: bool) -> dict:
     config = config_of(corpus, variant, steps, tiny, seed)
-    workdir = os.path.join(out, "runs", f"{label(corpus)}_{variant}_steps{steps}_seed{seed}")
+    workdir = workdir_of(out, corpus, variant, steps, seed)
     start = time.perf_counter()
     result = runs.train(config, workdir, resume=True, progress=False, write_artifacts=False)
     train_s = time.perf_counter() - start
@@ -59,11 +66,30 @@ def run_one(corpus: str, variant: str, seed: int, steps: int, out: str, tiny: bo
             "samples": [task.decode(s) for s in samples]}
 
 
+def e2e_band_split(out: str, corpus: str, steps: int, seeds: list[int]) -> dict:
+    """The end-to-end model's integral cut at the bands of B = 2, 3, 4 blocks (bits per character,
+    the most masked band first, seed `seed`'s draws): where along t DiffusionBlocks wins or loses
+    against it. Kept in <out>/e2e_bands.json."""
+    path = os.path.join(out, "e2e_bands.json")
+    for seed in seeds:
+        key = f"{label(corpus)}/steps{steps}/seed{seed}"
+        workdir = workdir_of(out, corpus, "e2e_B1", steps, seed)
+        if key in read_json(path) or not os.path.exists(os.path.join(workdir, "checkpoints")):
+            continue
+        task, params, _ = runs.load_run(workdir)
+        windows = held_out(task)
+        split = {str(b): [x / math.log(2) for x in negative_elbo(task, params, windows, seed,
+                                                                 edges=np.linspace(0.0, 1.0, b + 1))["per_band"]]
+                 for b in (2, 3, 4)}
+        update_json(path, key, split)
+    return read_json(path)
+
+
 def label(corpus: str) -> str:
     return "pydoc" if corpus == "pydoc" else os.path.splitext(os.path.basename(corpus))[0]
 
 
-def report(records: list[dict], costs: dict, out: str) -> None:
+def report(records: list[dict], costs: dict, out: str, bands: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,6 +125,15 @@ def report(records: list[dict], costs: dict, out: str) -> None:
         fig.tight_layout()
         fig.savefig(os.path.join(out, f"{corpus}_steps{steps}_bpc_per_block.png"), dpi=120)
         plt.close(fig)
+    for (corpus, steps) in sorted({(r["corpus"], r["steps"]) for r in records}):
+        splits = [v for k, v in (bands or {}).items() if k.startswith(f"{corpus}/steps{steps}/")]
+        if splits:
+            lines += ["", f"{corpus}, {steps} steps: the end-to-end model's integral on each variant's bands "
+                          f"({len(splits)} seeds; compare with the blocks' shares above)", "",
+                      "| bands of | e2e per band |", "|---|---|"]
+            for b in ("2", "3", "4"):
+                shares = [mean_std(s[b][j] for s in splits) for j in range(int(b))]
+                lines.append(f"| B = {b} | {' + '.join(f'{m:.3f} ± {d:.3f}' for m, d in shares)} |")
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     update_json(os.path.join(out, "summary.json"), "runs", summary)
@@ -129,7 +164,10 @@ def main(argv=None) -> None:
                 print(f"{record['corpus']} {variant} seed {seed}: {record['bpc']:.3f} bpc "
                       f"({record['train_seconds']:.0f} s)", flush=True)
                 append_record(path, record)
-    report(read_records(path), read_json(costs_path), args.out)
+    bands = {}
+    for corpus in ["pydoc", *args.text]:
+        bands.update(e2e_band_split(args.out, corpus, args.steps, seeds))
+    report(read_records(path), read_json(costs_path), args.out, bands)
 
 
 if __name__ == "__main__":

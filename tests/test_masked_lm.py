@@ -101,6 +101,16 @@ def test_a_uniform_model_scores_log2_of_the_vocabulary(task_and_params):
     assert 3.9 < result["unigram_bpc"] < 4.3  # pydoc's unigram floor (DESIGN sec. 13: 4.10)
 
 
+def test_the_integral_splits_into_other_bands_only_where_one_block_owns_each(task_and_params):
+    task, params = task_and_params
+    windows = held_out(task, 32)
+    own = negative_elbo(task, params, windows, seed=5, draws=1)
+    split = negative_elbo(task, params, windows, seed=5, draws=1, edges=np.array([0.0, 0.5, 1.0]))
+    assert split["per_band"] == own["per_block"] and split["total"] == own["total"]
+    with pytest.raises(AssertionError, match=r"owned by blocks \[0, 1\]"):  # (1/3, 2/3] straddles both blocks
+        negative_elbo(task, params, windows, seed=5, draws=1, edges=np.array([0.0, 1 / 3, 2 / 3, 1.0]))
+
+
 def test_bits_per_byte_become_bits_per_character_by_the_texts_bytes_per_character():
     from dblocks_jax.data import text
     from dblocks_jax.tasks.masked_lm_eval import bits_per_character

@@ -42,27 +42,32 @@ def held_out(task, max_sequences: int | None = None) -> np.ndarray:
 
 
 def negative_elbo(task, block_params: list, windows_NL: np.ndarray, seed: int, draws: int | None = None,
-                  batch_size: int = 256) -> dict:
+                  batch_size: int = 256, edges: np.ndarray | None = None) -> dict:
     """The negative ELBO of `windows_NL` in nats per symbol: `per_block` (each block's integral over
     its own band, network order), `prior`, `reconstruction` and their `total`. Every window is
-    scored at `draws` times t per band (`text.eval_draws` when None)."""
+    scored at `draws` times t per band (`text.eval_draws` when None). `edges` (ascending, from 0 to
+    1) splits the integral into other bands, each scored by the block owning it (e.g. an end-to-end
+    model's integral over the bands of a B = 3 partition): `per_band` then holds those pieces."""
     rng = np.random.default_rng([seed, SALT])
     windows_NL = np.repeat(windows_NL, draws or task.config.text.eval_draws, axis=0)
     n, length = windows_NL.shape
-    per_block = np.zeros(task.num_blocks)
-    for b in range(task.num_blocks):
-        lo, hi = task.partition.band(b)
+    bands = [task.partition.band(b) for b in range(task.num_blocks)] if edges is None else \
+        [(float(lo), float(hi)) for lo, hi in zip(edges[-2::-1], edges[:0:-1])]  # the most masked first
+    per_band = np.zeros(len(bands))
+    for j, (lo, hi) in enumerate(bands):
         t_N = (lo + (hi - lo) * (rng.permutation(n) + rng.random(n)) / n).astype(np.float32)
         t_N = np.clip(t_N, np.nextafter(np.float32(lo), np.float32(1)), np.float32(hi))  # inside (lo, hi]
         u_NL = rng.random((n, length), dtype=np.float32)
-        if np.any(task.partition.block_of(t_N) != b):  # every t must lie in the band of the block scoring it
-            raise AssertionError(f"levels drawn in block {b}'s band {lo, hi} are owned by another block")
-        per_block[b] = (hi - lo) * _batched(task, block_params[b], b, windows_NL, t_N, u_NL, batch_size).mean()
+        owner = task.partition.block_of(t_N)
+        if len(set(owner.tolist())) != 1 or (edges is None and owner[0] != j):  # one block per band: its owner
+            raise AssertionError(f"levels drawn in the band {lo, hi} are owned by blocks {sorted(set(owner.tolist()))}")
+        b = int(owner[0])
+        per_band[j] = (hi - lo) * _batched(task, block_params[b], b, windows_NL, t_N, u_NL, batch_size).mean()
     alpha_0, alpha_1 = float(task.law.alpha(0.0)), float(task.law.alpha(1.0))
     prior = alpha_1 * math.log(task.vocab_size)
     reconstruction = (1.0 - alpha_0) * _masked_at_zero(task, block_params[-1], windows_NL, rng, batch_size)
-    return {"per_block": per_block.tolist(), "prior": prior, "reconstruction": reconstruction,
-            "total": float(per_block.sum() + prior + reconstruction)}
+    return {"per_block" if edges is None else "per_band": per_band.tolist(), "prior": prior,
+            "reconstruction": reconstruction, "total": float(per_band.sum() + prior + reconstruction)}
 
 
 def _batched(task, params, block: int, windows, t, u, batch_size: int) -> np.ndarray:
