@@ -95,7 +95,7 @@ plt.show()"""),
 Read from the compiled training step (`memory_analysis()`: argument + output - alias + temp), which is
 deterministic and needs no profiler. `db-sequential` is DiffusionBlocks with one block resident."""),
     ("code", """settings = bench.BenchSettings(num_blocks=(2, 4) if not TINY else (4,), modes=("e2e", "db-sequential"),
-                               time_steps=0)
+                               time_steps=0, count_flops=False)
 memory_records = bench.run_bench(config, make_task, settings, progress=False)
 print(bench_report.markdown_table(memory_records))
 

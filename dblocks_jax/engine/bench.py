@@ -49,6 +49,7 @@ class BenchSettings:
     sample_steps: int = 0  # sampler steps K to time (0: skip the sampler)
     sample_batch: int = 16
     sample_repeats: int = 3
+    count_flops: bool = True  # compile each mode's unrolled twin for XLA's FLOP count (False: memory only, faster)
 
 
 def mode_config(config, mode: str, num_blocks: int):
@@ -203,12 +204,14 @@ def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettin
             "dtype": cfg.model.dtype, "device": device.device_kind, "platform": device.platform,
             "jax_version": jax.__version__, "compile_s": compile_s,
             "params_per_block": sum(x.size for x in jax.tree.leaves(trainer.task.abstract_params)),
-            "memory_bytes": mem, "flops_per_step": counted_flops(cfg, make_task, compiled, flop_cache),
+            "memory_bytes": mem,
+            "flops_per_step": counted_flops(cfg, make_task, compiled, flop_cache) if settings.count_flops else None,
             "config": cfg.to_dict(),
         }
         measured.append((record, trainer, compiled))
 
-    add_model_flops(config, make_task, measured, flop_cache)
+    if settings.count_flops:
+        add_model_flops(config, make_task, measured, flop_cache)
     for record, trainer, compiled in sorted(measured, key=lambda m: m[0]["memory_bytes"]["total_peak"]):
         num_blocks = trainer.task.num_blocks
         if settings.time_steps:
