@@ -11,7 +11,7 @@ subpackage) does not pull in the task layer.
 import importlib
 
 _EXPORTS = {
-    "PRESETS": "dblocks_jax.config", "Config": "dblocks_jax.config", "get_config": "dblocks_jax.config",
+    "PRESETS": "dblocks_jax.presets", "Config": "dblocks_jax.config", "get_config": "dblocks_jax.presets",
     "EDM": "dblocks_jax.engine.edm", "LinearMasking": "dblocks_jax.engine.masking",
     "NonFiniteLossError": "dblocks_jax.engine.logger",
     "TrainResult": "dblocks_jax.engine.loop", "BlockPartition": "dblocks_jax.engine.partition",

@@ -15,6 +15,7 @@ import sys
 import time
 
 from dblocks_jax import config as config_lib
+from dblocks_jax import presets
 from dblocks_jax.engine.checkpoint import CheckpointSaveError
 from dblocks_jax.engine.settings import GRIDS, SAMPLING, SCHEDULES, SEED_LIMIT, SOLVERS, field_types, leaves
 
@@ -25,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", action="store_true",
                         help="show library logs (orbax, absl, asyncio) and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    presets = ", ".join(sorted(config_lib.PRESETS))
+    presets = ", ".join(sorted(presets.PRESETS))
     set_help = "override a config field, e.g. --set model.width=64 (repeatable; `dblocks list --fields`)"
 
     tr = sub.add_parser("train", parents=[common],
@@ -151,7 +152,7 @@ def train_config(args: argparse.Namespace) -> config_lib.Config:
     overrides = config_lib.parse_overrides(args.overrides)
     overrides.update(_flags(args, {"num_blocks": "model.num_blocks", "steps": "optim.steps",
                                    "schedule": "schedule.name", "seed": "run.seed"}))
-    return config_lib.get_config(args.config, overrides)
+    return presets.get_config(args.config, overrides)
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict:
@@ -228,7 +229,7 @@ def run_bench(args: argparse.Namespace) -> None:
     overrides = {"model.num_blocks": 1, "model.layer_split": "", **config_lib.parse_overrides(args.overrides)}
     if args.batch_size is not None:
         overrides["data.batch_size"] = args.batch_size
-    config = config_lib.get_config(args.config, overrides)
+    config = presets.get_config(args.config, overrides)
     modes = tuple(m.strip() for m in args.modes.split(",")) if args.modes else bench.MODES
     if args.time_steps < 0 or args.sample_steps < 0:
         raise ValueError("--time-steps and --sample-steps must be >= 0")
@@ -243,7 +244,7 @@ def run_bench(args: argparse.Namespace) -> None:
 
 
 def run_list(args: argparse.Namespace) -> None:
-    print(config_lib.describe_presets())
+    print(presets.describe_presets())
     if args.fields:
         types = field_types(config_lib.Config)
         print("\nfields (section.field: type = default [role]):")

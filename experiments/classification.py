@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dblocks_jax import runs  # noqa: E402
-from dblocks_jax.config import get_config  # noqa: E402
+from dblocks_jax.presets import get_config  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
 from experiments.common import add_common_arguments, mean_std, results_dir, step_cost  # noqa: E402
 from dblocks_jax.tasks.image_classification_eval import held_out, score  # noqa: E402

@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from dblocks_jax import data, runs  # noqa: E402
-from dblocks_jax.config import get_config, parse_overrides  # noqa: E402
+from dblocks_jax.config import parse_overrides  # noqa: E402
+from dblocks_jax.presets import get_config  # noqa: E402
 from dblocks_jax.engine import bench  # noqa: E402
 from dblocks_jax.engine.trainer import BlockTrainer  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402

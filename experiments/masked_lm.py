@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from dblocks_jax import runs  # noqa: E402
-from dblocks_jax.config import get_config  # noqa: E402
+from dblocks_jax.presets import get_config  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
 from dblocks_jax.tasks.masked_lm_eval import held_out, negative_elbo, score  # noqa: E402
 from experiments.common import (add_common_arguments, append_record, mean_std, read_json, read_records,  # noqa: E402

@@ -39,7 +39,8 @@ from sweep_run import (FORMAT_VERSION, PARAMS_FORMAT, REPO, RUN_ROLES, TRAIN_ROL
                        train_key, train_or_load, training_memory, write_grid)
 from tqdm.auto import tqdm
 
-from dblocks_jax.config import Config, get_config
+from dblocks_jax.config import Config
+from dblocks_jax.presets import get_config
 
 __all__ = [  # this module, and what the scripts and tests use of sweep_run and sweep_report through it
     "Experiment", "Point", "Run", "Scale", "SCALES", "default_out_dir", "divisors_in", "get_scale", "load_record",

@@ -28,7 +28,8 @@ import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
-from dblocks_jax.config import Config, get_config  # noqa: E402
+from dblocks_jax.config import Config  # noqa: E402
+from dblocks_jax.presets import get_config  # noqa: E402
 from dblocks_jax.engine.settings import field_types  # noqa: E402
 
 _PATHS = {}

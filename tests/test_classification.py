@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from dblocks_jax import cli, make_task
-from dblocks_jax.config import get_config
+from dblocks_jax.presets import get_config
 from dblocks_jax.engine.trainer import BlockTrainer, spec_of
 from dblocks_jax.tasks.image_classification_eval import held_out
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from dblocks_jax import PRESETS, Config, get_config
-from dblocks_jax.config import describe_presets, parse_overrides
+from dblocks_jax.config import parse_overrides
+from dblocks_jax.presets import describe_presets
 from dblocks_jax.engine import settings
 
 BAD = [

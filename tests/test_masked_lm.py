@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from dblocks_jax import cli, make_task
-from dblocks_jax.config import get_config
+from dblocks_jax.presets import get_config
 from dblocks_jax.engine.trainer import spec_of
 from dblocks_jax.tasks.masked_lm_eval import held_out, negative_elbo, score
 

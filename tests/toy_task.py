@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dblocks_jax.config import get_config
+from dblocks_jax.presets import get_config
 from dblocks_jax.engine.chain import stack_blocks
 from dblocks_jax.engine.edm import EDM, add_noise
 from dblocks_jax.engine.solvers import make_ode_sampler
