@@ -15,7 +15,7 @@ import sys
 import time
 
 from dblocks_jax import config as config_lib
-from dblocks_jax import presets
+from dblocks_jax import presets as presets_lib
 from dblocks_jax.engine.checkpoint import CheckpointSaveError
 from dblocks_jax.engine.settings import GRIDS, SAMPLING, SCHEDULES, SEED_LIMIT, SOLVERS, field_types, leaves
 
@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", action="store_true",
                         help="show library logs (orbax, absl, asyncio) and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    presets = ", ".join(sorted(presets.PRESETS))
+    presets = ", ".join(sorted(presets_lib.PRESETS))
     set_help = "override a config field, e.g. --set model.width=64 (repeatable; `dblocks list --fields`)"
 
     tr = sub.add_parser("train", parents=[common],
@@ -64,14 +64,17 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument("--class", dest="class_label", type=int,
                     help="draw every sample of this class (default: a balanced grid over the classes)")
     sa.add_argument("--batch-size", type=int, default=256, help="samples drawn at once (any --num-samples fits)")
+    sa.add_argument("--prompt", help="autoregressive_lm: the text to continue (default: held-out prompts)")
+    sa.add_argument("--length", type=int, help="autoregressive_lm: symbols to generate (default: ar.gen_len)")
     sa.add_argument("--out", required=True, help="FILE.png (image grid), FILE.npz (images, labels) or FILE.npy "
-                                                 "(images, written batch by batch); masked_lm: FILE.txt (a sample "
-                                                 "per line)")
+                                                 "(images, written batch by batch); masked_lm, autoregressive_lm: "
+                                                 "FILE.txt (a sample per line)")
 
     ev = sub.add_parser("evaluate", parents=[common],
                         help="score a trained run over several seeds: generation (Frechet distance in classifier "
                              "features, conditional accuracy, FID for tfds datasets), classification (accuracy, "
-                             "ECE, NLL on the held-out split) or masked_lm (bits per character, per block; samples)")
+                             "ECE, NLL on the held-out split), masked_lm (bits per character, per block; samples) or "
+                             "autoregressive_lm (bits per character, gen-PPL, distinct-n, tokens/s)")
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--seeds", default="0,1,2", help="comma-separated sampling (or chain) seeds")
     ev.add_argument("--num-samples", type=int, help="generation: samples per seed (default: the held-out split's "
@@ -86,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="generation: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or an .npz with its keys): "
                          "adds the standard FID (InceptionV3). tfds: datasets default to $DBLOCKS_INCEPTION_WEIGHTS; "
                          "bundled datasets only with this flag")
+    ev.add_argument("--mc", type=int, help="autoregressive_lm: chain starting noises per symbol for the Monte-Carlo "
+                                           "likelihood (default: ar.mc_draws)")
+    ev.add_argument("--reference", metavar="WORKDIR",
+                    help="autoregressive_lm: a plain autoregressive run (same vocabulary) that scores the "
+                         "generations (gen-PPL, MAUVE features) and whose generation speed is reported beside")
     ev.add_argument("--untrained", action="store_true",
                     help="score freshly initialised blocks of the run's config (the baseline to beat)")
     ev.add_argument("--json", help="also write the result here (default: <workdir>/evaluation.json, "
@@ -152,7 +160,7 @@ def train_config(args: argparse.Namespace) -> config_lib.Config:
     overrides = config_lib.parse_overrides(args.overrides)
     overrides.update(_flags(args, {"num_blocks": "model.num_blocks", "steps": "optim.steps",
                                    "schedule": "schedule.name", "seed": "run.seed"}))
-    return presets.get_config(args.config, overrides)
+    return presets_lib.get_config(args.config, overrides)
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict:
@@ -202,8 +210,11 @@ def run_train(args: argparse.Namespace) -> None:
     elif os.path.exists(bpc):
         with open(bpc) as f:
             scores = json.load(f)
-        shares = " + ".join(f"{s['mean']:.3f}" for s in scores["bpc_per_block"])
-        print(f"held-out {scores['bpc']['mean']:.4f} bits per character (blocks: {shares}; unigram floor "
+        shares = " + ".join(f"{s['mean']:.3f}" for s in scores.get("bpc_per_block", ()))
+        detail = f"blocks: {shares}" if shares else (
+            f"{scores['mc_draws']} chain draws per symbol, +/- {scores['bpc_mc_se']:.4f}; "
+            f"CE at sigma_max {scores['ce_at_sigma_max']['mean']:.3f}" if "ce_at_sigma_max" in scores else "exact")
+        print(f"held-out {scores['bpc']['mean']:.4f} bits per character ({detail}; unigram floor "
               f"{scores['unigram_bpc']:.3f}; {scores['num_sequences']} windows of {scores['seq_len']}) -> {bpc}; "
               f"samples: {os.path.join(workdir, 'samples.txt')}")
     else:
@@ -229,7 +240,7 @@ def run_bench(args: argparse.Namespace) -> None:
     overrides = {"model.num_blocks": 1, "model.layer_split": "", **config_lib.parse_overrides(args.overrides)}
     if args.batch_size is not None:
         overrides["data.batch_size"] = args.batch_size
-    config = presets.get_config(args.config, overrides)
+    config = presets_lib.get_config(args.config, overrides)
     modes = tuple(m.strip() for m in args.modes.split(",")) if args.modes else bench.MODES
     if args.time_steps < 0 or args.sample_steps < 0:
         raise ValueError("--time-steps and --sample-steps must be >= 0")
@@ -244,7 +255,7 @@ def run_bench(args: argparse.Namespace) -> None:
 
 
 def run_list(args: argparse.Namespace) -> None:
-    print(presets.describe_presets())
+    print(presets_lib.describe_presets())
     if args.fields:
         types = field_types(config_lib.Config)
         print("\nfields (section.field: type = default [role]):")

@@ -1,6 +1,7 @@
 """The `dblocks evaluate` command: scores a run with its task's evaluation (generation: Frechet
 distance, conditional accuracy, FID; classification: accuracy, ECE, NLL against inference steps;
-masked_lm: bits per character and each block's share, samples) and writes them as JSON."""
+masked_lm: bits per character and each block's share, samples; autoregressive_lm: bits per character
+from the Monte-Carlo predictive, generation quality and speed) and writes them as JSON."""
 
 from __future__ import annotations
 
@@ -25,10 +26,15 @@ def run_evaluate(args: argparse.Namespace) -> None:
         check_seed("--seeds", seed)
     overrides = sampling_overrides(argparse.Namespace(overrides=args.overrides))
     task = read_run_config(args.workdir).task
+    foreign = [flag for flag, value in (("--mc", args.mc), ("--reference", args.reference)) if value is not None]
+    if foreign and task != "autoregressive_lm":
+        raise ValueError(f"{', '.join(foreign)}: for autoregressive_lm runs; {args.workdir} is a {task} run")
     if task == "image_classification":
         result = _evaluate_classification(args, path, seeds, steps, overrides)
     elif task == "masked_lm":
         result = _evaluate_language(args, seeds, steps, overrides)
+    elif task == "autoregressive_lm":
+        result = _evaluate_autoregressive(args, seeds, steps, overrides)
     else:
         if len(steps) > 1:
             raise ValueError(f"--steps {args.steps}: one value for task {task} (several are for classification)")
@@ -79,6 +85,38 @@ def _evaluate_language(args, seeds, steps, overrides) -> dict:
         print(f"  block {b} (t in [{lo:.3f}, {hi:.3f}]): {fmt(share)}")
     print(f"samples ({result['sample_steps']} steps, {result['sample_grid']} grid; word validity "
           f"{result['word_validity']:.3f}, held-out text {result['held_out_word_validity']:.3f}):")
+    for sample in result["samples"][:4]:
+        print(f"  {sample}")
+    return result
+
+
+def _evaluate_autoregressive(args, seeds, steps, overrides) -> dict:
+    from dblocks_jax.tasks.autoregressive_lm_eval import evaluate_run
+
+    unused = [flag for flag, value in (("--guidance", args.guidance), ("--inception-weights", args.inception_weights))
+              if value is not None]
+    if unused or len(steps) > 1:
+        raise ValueError(f"{', '.join(unused) or '--steps with several values'}: not for an autoregressive_lm run "
+                         f"({args.workdir} takes --seeds, --mc, --reference, --num-samples, one --steps and "
+                         f"sampling-role --set fields)")
+    if args.mc is not None and args.mc < 1:
+        raise ValueError(f"--mc {args.mc}; allowed: an integer >= 1")
+    result = evaluate_run(args.workdir, seeds=seeds, overrides=overrides, untrained=args.untrained,
+                          num_samples=args.num_samples, steps=steps[0], mc=args.mc, reference=args.reference)
+    fmt = lambda s: f"{s['mean']:.4f} +/- {s['std']:.4f}"
+    how = "exact" if result["objective"] == "plain" else (
+        f"{result['mc_draws']} chain draws per symbol, Monte-Carlo error {result['bpc_mc_se']:.4f}; one draw "
+        f"{result['bpc_one_draw']['mean']:.4f}; CE at sigma_max {fmt(result['ce_at_sigma_max'])}")
+    print(f"held-out {fmt(result['bpc'])} bits per character over {len(seeds)} seed(s) ({how}); unigram floor "
+          f"{result['unigram_bpc']:.4f}")
+    print(f"generation: {result['tokens_per_s']:.0f} symbols/s; distinct-2 {result['distinct_2']:.3f}, distinct-3 "
+          f"{result['distinct_3']:.3f} (held-out text {result['held_out_distinct_2']:.3f}, "
+          f"{result['held_out_distinct_3']:.3f})")
+    if result["gen_ppl"] is not None:
+        mauve = "n/a (" + result["mauve_skipped"] + ")" if result["mauve"] is None else f"{result['mauve']:.3f}"
+        print(f"gen-PPL under the reference {result['gen_ppl']:.3f} (held-out continuations "
+              f"{result['held_out_gen_ppl']:.3f}, the reference's own {result['reference_gen_ppl']:.3f}); reference "
+              f"generation {result['reference_tokens_per_s']:.0f} symbols/s; MAUVE {mauve}")
     for sample in result["samples"][:4]:
         print(f"  {sample}")
     return result

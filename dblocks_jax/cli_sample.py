@@ -1,5 +1,6 @@
 """The `dblocks sample` command: draws from a trained run, as images (image_generation: a PNG
-grid, an .npz, or an .npy written batch by batch) or as text (masked_lm: one sample per line)."""
+grid, an .npz, or an .npy written batch by batch) or as text (masked_lm: one sample per line;
+autoregressive_lm: continuations of a prompt, or of held-out prompts)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def run_sample(args: argparse.Namespace) -> None:
     from dblocks_jax.evaluation.plots import save_image_grid
 
     if not args.out.endswith((".png", ".npz", ".npy", ".txt")):
-        raise ValueError(f"--out must end in .png, .npz or .npy (image_generation) or .txt (masked_lm), got "
+        raise ValueError(f"--out must end in .png, .npz or .npy (image_generation) or .txt (language tasks), got "
                          f"{args.out!r}")
     check_output("--out", args.out)
     check_seed("--seed", args.seed)
@@ -23,6 +24,11 @@ def run_sample(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size {args.batch_size}; allowed: an integer >= 1")
     overrides = sampling_overrides(args)
     task_name = runs.read_run_config(args.workdir).task
+    if task_name == "autoregressive_lm":
+        return _sample_continuations(args, overrides)
+    if args.prompt is not None or args.length is not None:
+        raise ValueError(f"--prompt and --length are for autoregressive_lm runs; {args.workdir[0]} holds a "
+                         f"{task_name} run")
     if task_name == "masked_lm":
         return _sample_text(args, overrides)
     if task_name != "image_generation":
@@ -76,3 +82,47 @@ def _sample_text(args: argparse.Namespace, overrides: dict) -> None:
     with open(args.out, "w") as f:
         f.write("\n".join(task.decode(x) for x in samples) + "\n")
     print(f"wrote {s.num_samples} samples ({s.steps} unmasking steps, {s.grid} grid) to {args.out}")
+
+
+def _sample_continuations(args: argparse.Namespace, overrides: dict) -> None:
+    """`sample` for an autoregressive_lm run: --num-samples continuations of --prompt (or of as
+    many held-out prompts), one per line of --out FILE.txt, printed too."""
+    import numpy as np
+
+    from dblocks_jax import runs
+    from dblocks_jax.tasks.autoregressive_lm_eval import continuations, prompts
+    from dblocks_jax.tasks.autoregressive_lm_sampling import prompt_ids
+
+    if not args.out.endswith(".txt"):
+        raise ValueError(f"--out must end in .txt for an autoregressive_lm run, got {args.out!r}")
+    unused = [f for f, v in (("--class", args.class_label), ("--guidance", args.guidance), ("--solver", args.solver))
+              if v is not None]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: for image_generation runs; an autoregressive_lm run takes --prompt, "
+                         f"--length, --num-samples, --steps (network calls per symbol), --grid, --seed")
+    if "sampling.steps" in overrides:  # network calls per generated symbol
+        overrides["ar.steps"] = overrides.pop("sampling.steps")
+    if args.length is not None:
+        if args.length < 1:
+            raise ValueError(f"--length {args.length}; allowed: an integer >= 1")
+        overrides["ar.gen_len"] = args.length
+    task, params, _ = runs.load_run(args.workdir, overrides)
+    count = task.config.sampling.num_samples
+    if args.prompt is None:
+        prompts_NP, _ = prompts(task, count)
+    else:
+        ids, note = prompt_ids(task, args.prompt)
+        if note:
+            print(note)
+        prompts_NP = np.tile(ids, (count, 1))
+    out = continuations(task, params, count, seed=args.seed or 0, prompts_NP=prompts_NP)
+    lines = [f"{p}|{c}" for p, c in zip(out["prompts"], out["continuations"])]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    for line in lines[:8]:
+        print(f"  {line}")
+    a = task.config.ar
+    how = "plain next-token model" if task.plain else f"{task.inference_steps()} network calls per symbol, " \
+                                                       f"{a.bridge} bridge"
+    print(f"wrote {count} continuations of {a.gen_len} symbols ({how}; temperature {a.temperature}, top-p "
+          f"{a.top_p}; {out['tokens_per_s']:.0f} symbols/s) to {args.out}")

@@ -22,11 +22,13 @@ from dblocks_jax.engine.settings import (ASSEMBLY, FREE, IDENTITY, SAMPLING, Opt
 
 FORMAT = 2  # of config.json; 1 was the flat config of dblocks-jax 0.1
 DTYPES = ("float32", "bfloat16")
-TASKS = ("image_generation", "image_classification", "masked_lm")
+TASKS = ("image_generation", "image_classification", "masked_lm", "autoregressive_lm")
 # The network family each task builds.
-FAMILIES = {"image_generation": "dit", "image_classification": "vit", "masked_lm": "transformer"}
+FAMILIES = {"image_generation": "dit", "image_classification": "vit", "masked_lm": "transformer",
+            "autoregressive_lm": "transformer"}
 POSITIONS = ("learned", "rope")
 OBJECTIVES = ("diffusion", "plain")
+BRIDGES = ("soft", "normalised", "hard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,7 @@ class ModelConfig(Section):
 
     _path = "model"
     family: str = setting("dit", ASSEMBLY, "network family of a block: dit (image_generation), vit "
-                                           "(image_classification), transformer (masked_lm)")
+                                           "(image_classification), transformer (masked_lm, autoregressive_lm)")
     num_layers: int = setting(8, ASSEMBLY)
     num_blocks: int = setting(4, ASSEMBLY, "B (1: end-to-end)")
     layer_split: str = setting("", ASSEMBLY, "layers per block, e.g. 3,6,3; empty: equal blocks")
@@ -188,6 +190,36 @@ class TextConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class ARConfig(Section):
+    """The autoregressive language model (paper Table 4, DESIGN sec. 11). `objective`: "diffusion"
+    trains each block to denoise the next token's normalised embedding; "plain" is the ordinary
+    next-token transformer (B = 1). `bridge` turns a block's logits into the state D the chain
+    steps towards: soft = softmax @ E-hat (the paper's), normalised = the same rescaled to unit
+    norm, hard = E-hat[argmax]."""
+
+    _path = "ar"
+    objective: str = setting("diffusion", ASSEMBLY, ", ".join(OBJECTIVES))
+    bridge: str = setting("soft", SAMPLING, ", ".join(BRIDGES))
+    steps: int = setting(0, SAMPLING, "network calls per generated token (0: one per block, at least 2)")
+    temperature: float = setting(1.0, SAMPLING, "of the read-out's softmax when generating (0: greedy)")
+    top_p: float = setting(1.0, SAMPLING, "nucleus sampling: the smallest set of tokens holding this mass")
+    mc_draws: int = setting(8, SAMPLING, "chain starting noises per token for the Monte-Carlo likelihood")
+    prompt_len: int = setting(16, SAMPLING, "held-out prompt symbols for the generation metrics")
+    gen_len: int = setting(48, SAMPLING, "symbols generated per prompt by evaluate")
+
+    def check(self):
+        require(self.objective in OBJECTIVES, self.field("objective"), self.objective, ", ".join(OBJECTIVES))
+        require(self.bridge in BRIDGES, self.field("bridge"), self.bridge, ", ".join(BRIDGES))
+        require(self.steps == 0 or self.steps >= 2, self.field("steps"), self.steps,
+                "0 (one call per block) or an integer >= 2")
+        require(self.temperature >= 0, self.field("temperature"), self.temperature, "a number >= 0 (0: greedy)")
+        require(0 < self.top_p <= 1, self.field("top_p"), self.top_p, "a number in (0, 1]")
+        require(self.mc_draws >= 1, self.field("mc_draws"), self.mc_draws, "an integer >= 1")
+        require(self.prompt_len >= 1, self.field("prompt_len"), self.prompt_len, "an integer >= 1")
+        require(self.gen_len >= 1, self.field("gen_len"), self.gen_len, "an integer >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config(Section):
     """Everything that defines a run. `replace` takes dotted paths: `config.replace(**{"optim.steps": 3})`
     or `config.override({"optim.steps": 3})`."""
@@ -198,6 +230,7 @@ class Config(Section):
     noise: NoiseConfig = section(NoiseConfig)
     classify: ClassifyConfig = section(ClassifyConfig)
     text: TextConfig = section(TextConfig)
+    ar: ARConfig = section(ARConfig)
     partition: PartitionConfig = section(PartitionConfig)
     optim: OptimConfig = section(OptimConfig)
     schedule: ScheduleConfig = section(ScheduleConfig)

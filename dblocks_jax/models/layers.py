@@ -109,22 +109,36 @@ class AdaLNZeroLayer(nnx.Module):
     def __call__(self, x_BLD: jax.Array, cond_BC: jax.Array, keys_B: jax.Array | None = None) -> jax.Array:
         """With `keys_B` (one key per example) and `dropout` > 0, each residual branch's output is
         dropped out (ViT's hidden dropout); without keys the layer is deterministic."""
+        return self.forward(x_BLD, cond_BC, keys_B)[0]
+
+    def forward(self, x_BTD: jax.Array, cond_BC: jax.Array, keys_B: jax.Array | None = None, *,
+                positions_T: jax.Array | None = None, context: tuple | None = None,
+                mask_TS: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """The layer on T tokens that may also attend `context`, the keys and values (k_BSHK, v_BSHK)
+        of S other tokens (a causal model's cache, or the clean stream a noisy token reads), placed
+        before their own. `mask_TS` (T, S + T) says which keys each token sees (None: all);
+        `positions_T` are the tokens' positions for RoPE (default 0..T-1; context keys are already
+        rotated). Returns (x', (k_BTHK, v_BTHK)): the output and the tokens' own keys and values."""
         drop1, drop2 = (lambda h: h, lambda h: h) if keys_B is None or not self.dropout_rate else (
             lambda h: dropout(h, self.dropout_rate, keys_B, 1), lambda h: dropout(h, self.dropout_rate, keys_B, 2))
         shift1_BD, scale1_BD, gate1_BD, shift2_BD, scale2_BD, gate2_BD = jnp.split(
             self.ada(nnx.silu(cond_BC)), 6, axis=-1)
-        h_BLD = modulate(self.norm1(x_BLD), shift1_BD, scale1_BD)
-        b, length, d = h_BLD.shape
-        qkv_BL3HK = self.qkv(h_BLD).reshape(b, length, 3 * self.num_heads, d // self.num_heads)
-        q_BLHK, k_BLHK, v_BLHK = jnp.split(qkv_BL3HK, 3, axis=2)
+        h_BTD = modulate(self.norm1(x_BTD), shift1_BD, scale1_BD)
+        b, length, d = h_BTD.shape
+        qkv_BT3HK = self.qkv(h_BTD).reshape(b, length, 3 * self.num_heads, d // self.num_heads)
+        q_BTHK, k_BTHK, v_BTHK = jnp.split(qkv_BT3HK, 3, axis=2)
         if self.rope:
-            positions_L = jnp.arange(length)
-            q_BLHK, k_BLHK = rotary(q_BLHK, positions_L), rotary(k_BLHK, positions_L)
-        attn_BLD = jax.nn.dot_product_attention(q_BLHK, k_BLHK, v_BLHK).reshape(b, length, d)
-        x_BLD = x_BLD + gate1_BD[:, None, :] * drop1(self.proj(attn_BLD))
-        h_BLD = modulate(self.norm2(x_BLD), shift2_BD, scale2_BD)
-        h_BLF = nnx.gelu(self.fc1(h_BLD), approximate=True)
-        return x_BLD + gate2_BD[:, None, :] * drop2(self.fc2(h_BLF))
+            positions_T = jnp.arange(length) if positions_T is None else positions_T
+            q_BTHK, k_BTHK = rotary(q_BTHK, positions_T), rotary(k_BTHK, positions_T)
+        keys_BSHK, values_BSHK = (k_BTHK, v_BTHK) if context is None else (
+            jnp.concatenate([context[0].astype(k_BTHK.dtype), k_BTHK], 1),
+            jnp.concatenate([context[1].astype(v_BTHK.dtype), v_BTHK], 1))
+        mask = None if mask_TS is None else mask_TS[None, None]
+        attn_BTD = jax.nn.dot_product_attention(q_BTHK, keys_BSHK, values_BSHK, mask=mask).reshape(b, length, d)
+        x_BTD = x_BTD + gate1_BD[:, None, :] * drop1(self.proj(attn_BTD))
+        h_BTD = modulate(self.norm2(x_BTD), shift2_BD, scale2_BD)
+        h_BTF = nnx.gelu(self.fc1(h_BTD), approximate=True)
+        return x_BTD + gate2_BD[:, None, :] * drop2(self.fc2(h_BTF)), (k_BTHK, v_BTHK)
 
 
 class LayerStack(nnx.Module):
@@ -155,29 +169,47 @@ class LayerStack(nnx.Module):
         only if i < depth; the others are the identity, with zero gradient for their parameters
         (how blocks of an uneven layer split share one parameter structure). `keys_B` (one key
         per example) switches dropout on; layer i folds i into them."""
+        return self.forward(x_BLD, cond_BC, depth, keys_B)
+
+    def forward(self, x_BTD: jax.Array, cond_BC: jax.Array, depth: jax.Array | None = None,
+                keys_B: jax.Array | None = None, *, positions_T: jax.Array | None = None,
+                context: tuple | None = None, mask_TS: jax.Array | None = None, with_kv: bool = False):
+        """`__call__` with `AdaLNZeroLayer.forward`'s attention options; `context` holds every
+        layer's keys and values stacked on a leading layer axis, (k_NBSHK, v_NBSHK). With `with_kv`
+        returns (x', (k_NBTHK, v_NBTHK)), every layer's keys and values of these tokens (a cache)."""
         graphdef, state = nnx.split(self.layers)
 
         # A pure function of one layer's (sliced) state: merging inside the scan body builds the
         # layer in the body's own trace, so it can also sit in a lax.cond branch and under
         # jax.checkpoint without NNX seeing variables touched from another trace.
-        def run(layer_state, h_BLD, index):
+        def run(layer_state, h_BTD, index, layer_context):
             keys = None if keys_B is None else jax.vmap(lambda k: jax.random.fold_in(k, index))(keys_B)
-            return nnx.merge(graphdef, layer_state)(h_BLD, cond_BC, keys)
+            out, kv = nnx.merge(graphdef, layer_state).forward(h_BTD, cond_BC, keys, positions_T=positions_T,
+                                                              context=layer_context, mask_TS=mask_TS)
+            return (out, kv) if with_kv else out
 
         if self.remat:
             run = jax.checkpoint(run)
 
-        def body(h_BLD, inputs):
-            layer_state, index = inputs
+        def body(h_BTD, inputs):
+            layer_state, index, layer_context = inputs
             if depth is None:
-                return run(layer_state, h_BLD, index), None
-            skip = lambda _, h, i: h
-            return jax.lax.cond(index < depth, run, skip, layer_state, h_BLD, index), None
+                out = run(layer_state, h_BTD, index, layer_context)
+            elif with_kv:  # a skipped layer's keys are never read: its noisy twin is skipped too
+                out = run(layer_state, h_BTD, index, layer_context)
+                out = (jnp.where(index < depth, out[0], h_BTD), out[1])
+            else:
+                skip = lambda _, h, i, c: h
+                out = jax.lax.cond(index < depth, run, skip, layer_state, h_BTD, index, layer_context)
+            return (out[0], out[1]) if with_kv else (out, None)
 
         indices = jnp.arange(self.num_layers, dtype=jnp.int32)
         if not self.scan:
+            kvs = []
             for i in range(self.num_layers):
-                x_BLD, _ = body(x_BLD, (jax.tree.map(lambda a, i=i: a[i], state), indices[i]))
-            return x_BLD
-        out_BLD, _ = jax.lax.scan(body, x_BLD, (state, indices), length=self.num_layers)
-        return out_BLD
+                layer_context = None if context is None else jax.tree.map(lambda a, i=i: a[i], context)
+                x_BTD, kv = body(x_BTD, (jax.tree.map(lambda a, i=i: a[i], state), indices[i], layer_context))
+                kvs.append(kv)
+            return (x_BTD, jax.tree.map(lambda *a: jnp.stack(a), *kvs)) if with_kv else x_BTD
+        out_BTD, kv = jax.lax.scan(body, x_BTD, (state, indices, context), length=self.num_layers)
+        return (out_BTD, kv) if with_kv else out_BTD

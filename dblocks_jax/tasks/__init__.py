@@ -17,7 +17,12 @@ def task_class(name: str) -> type:
         from dblocks_jax.tasks.masked_lm import MaskedLM
 
         return MaskedLM
-    raise ValueError(f"unknown task {name!r}; allowed: image_generation, image_classification, masked_lm")
+    if name == "autoregressive_lm":
+        from dblocks_jax.tasks.autoregressive_lm import AutoregressiveLM
+
+        return AutoregressiveLM
+    raise ValueError(f"unknown task {name!r}; allowed: image_generation, image_classification, masked_lm, "
+                     f"autoregressive_lm")
 
 
 def make_task(config):

@@ -21,7 +21,6 @@ through the engine's chain (one key per step): a still-masked symbol is revealed
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -31,69 +30,23 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dblocks_jax.data import dataset_names
-from dblocks_jax.data import text
 from dblocks_jax.engine.chain import level_grid, make_chain, stack_blocks
 from dblocks_jax.engine.masking import LinearMasking
-from dblocks_jax.engine.settings import require
 from dblocks_jax.models.transformer import Transformer
-from dblocks_jax.tasks.base import Task
+from dblocks_jax.tasks.text_task import TextTask
 
 
-class MaskedLM(Task):
+class MaskedLM(TextTask):
     name = "masked_lm"
     # Ancestral unmasking has no ODE solver, guidance or churn; the text is neither augmented nor
     # class-conditioned.
     unused_fields = ("sampling.solver", "sampling.guidance", "sampling.s_churn", "data.augment",
                      "model.class_conditional", "model.label_dropout", "model.patch_size")
 
-    @classmethod
-    def validate(cls, config) -> None:
-        dataset = config.data.dataset
-        require(text.is_text_source(dataset) and dataset not in dataset_names(), "data.dataset", dataset,
-                "a text source for task masked_lm: pydoc, textfile:PATH, text8:PATH or tfds:<text dataset>")
-
     def __init__(self, config):
-        self.vocab_size = text.vocab_size(config.text.vocabulary)  # make_block needs it; no I/O
         super().__init__(config)
         self._chains: dict[tuple, object] = {}
         self.integrand = jax.jit(self._integrand)
-
-    # -- data -------------------------------------------------------------------------------------
-
-    @functools.cached_property
-    def corpus(self) -> text.TextCorpus:
-        """The corpus: training head and held-out tail (read once per task)."""
-        t = self.config.text
-        return text.load_text(self.config.data.dataset, t.vocabulary, t.holdout)
-
-    def check_data(self) -> None:
-        """The text exists, decodes, and holds a training window and a held-out window."""
-        corpus, length = self.corpus, self.config.text.seq_len
-        for part, ids, fix in (("training", corpus.train, "a shorter text.seq_len or a longer text"),
-                               ("held-out", corpus.test, "a shorter text.seq_len or a larger text.holdout")):
-            if length > len(ids):
-                raise ValueError(f"invalid config: text.seq_len={length}, but the {part} text of "
-                                 f"{self.config.data.dataset} holds {len(ids)} symbols; allowed: {fix}")
-
-    def data_fingerprint(self) -> dict:
-        return self.corpus.fingerprint()
-
-    def memory_floor(self) -> list[tuple[int, str, str]]:
-        """One layer's attention logits and the output logits of one batch: both float32 and held at
-        once during the backward pass, whatever else the step needs."""
-        d, m, s, length = self.config.data, self.config.model, self.config.schedule, self.config.text.seq_len
-        per_device = d.batch_size // (s.data_shards if s.name == "parallel" else 1)
-        return [(4 * per_device * length * (m.num_heads * length + self.vocab_size), "device",
-                 f"attention and output logits of {per_device} sequences of text.seq_len={length} "
-                 f"(model.num_heads={m.num_heads}, {self.vocab_size} symbols)")]
-
-    def train_batches(self, block: int):
-        return self.corpus.batches(self.config.text.seq_len, self.config.data.batch_size,
-                                   seed=(self.config.run.seed, block))
-
-    def batch_spec(self, batch_size: int) -> dict:
-        return {"tokens": jax.ShapeDtypeStruct((batch_size, self.config.text.seq_len), jnp.int32)}
 
     # -- the block and its loss -----------------------------------------------------------------------
 
@@ -196,7 +149,7 @@ class MaskedLM(Task):
         """Text of token ids; the mask id shows as '_'."""
         tokens = np.asarray(tokens)
         parts = np.split(tokens, np.flatnonzero(np.diff(tokens == self.mask_id)) + 1)
-        return "".join("_" * len(p) if p[0] == self.mask_id else text.decode(p, self.config.text.vocabulary)
+        return "".join("_" * len(p) if p[0] == self.mask_id else super(MaskedLM, self).decode(p)
                        for p in parts if len(p))
 
     def write_artifacts(self, workdir: str, block_params: list) -> None:

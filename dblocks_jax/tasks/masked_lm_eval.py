@@ -22,23 +22,15 @@ estimated with the lowest block; O(eps^2) terms dropped).
 from __future__ import annotations
 
 import math
-import re
 
 import jax.numpy as jnp
 import numpy as np
 
 from dblocks_jax.data import text
 from dblocks_jax.evaluation.stats import summary
+from dblocks_jax.evaluation.text_metrics import bits_per_character, held_out, training_words, word_validity
 
 SALT = 0xB9C  # folded into an evaluation seed: the draws of t and of the masks
-
-
-def held_out(task, max_sequences: int | None = None) -> np.ndarray:
-    """The held-out text as non-overlapping windows (N, L) int32, the first `max_sequences` of
-    them (`text.eval_sequences` when None; 0: all)."""
-    limit = task.config.text.eval_sequences if max_sequences is None else max_sequences
-    windows = text.sequences(task.corpus.test, task.config.text.seq_len).astype(np.int32)
-    return windows[:limit] if limit else windows
 
 
 def negative_elbo(task, block_params: list, windows_NL: np.ndarray, seed: int, draws: int | None = None,
@@ -88,15 +80,6 @@ def _masked_at_zero(task, params, windows_NL, rng, batch_size: int) -> float:
     return float(f_N.mean() * length / float(task.law.elbo_weight(0.0)))
 
 
-def bits_per_character(task, windows_NL: np.ndarray) -> float:
-    """Bits per symbol -> bits per character: 1 for character vocabularies; for bytes, the held-out
-    text's bytes per character (UTF-8)."""
-    if task.config.text.vocabulary != "bytes":
-        return 1.0
-    raw = windows_NL.astype(np.uint8).tobytes()
-    return len(raw) / max(1, len(raw.decode("utf-8", errors="replace")))
-
-
 def score(task, block_params: list, seeds=(0,), windows_NL: np.ndarray | None = None,
           draws: int | None = None) -> dict:
     """BPC (mean +/- std over `seeds`' draws of t and masks), each block's share, the endpoint
@@ -117,19 +100,6 @@ def score(task, block_params: list, seeds=(0,), windows_NL: np.ndarray | None = 
         "seq_len": task.config.text.seq_len, "seeds": list(seeds),
         "band_edges": [list(task.partition.band(b)) for b in range(task.num_blocks)],
     }
-
-
-def training_words(corpus) -> set[str]:
-    """The words of the training text (runs of letters, lowercased)."""
-    return set(re.findall(r"[a-z]+", text.decode(corpus.train, corpus.vocabulary).lower()))
-
-
-def word_validity(samples: list[str], known: set[str]) -> float:
-    """Share of the samples' whole words (the first and last word of a sample may be cut: dropped)
-    that occur in the training text (`known`, from `training_words`): a cheap reading of
-    generation quality for character models."""
-    words = [w for s in samples for w in re.findall(r"[a-z]+", s.lower())[1:-1]]
-    return float(np.mean([w in known for w in words])) if words else float("nan")
 
 
 def evaluate_run(workdir, *, seeds=(0, 1, 2), overrides: dict | None = None, untrained: bool = False,

@@ -1,0 +1,199 @@
+"""Scoring an autoregressive language model: held-out bits per character, generation quality and
+speed (`dblocks evaluate` on an autoregressive_lm run).
+
+Likelihood. The plain model's is exact: the mean next-token cross-entropy on held-out windows.
+The DiffusionBlocks model predicts a token through a chain from random noise, so its predictive
+distribution is p(x_i | x_<i) = E_eps[softmax(logits_K(eps))[x_i]], the read-out averaged over the
+chain's starting noise (the Euler chain is deterministic given it). We estimate it with M draws
+(`ar.mc_draws`, `--mc`): p_hat = mean_m p_m, scored as -log2 p_hat. That is the likelihood the
+paper says it cannot give. log of a mean of M draws underestimates log p in expectation (Jensen),
+so the bits reported are an upper bound that tightens as M grows; the report carries the
+one-draw figure (the expected -log p_m, M = 1) and a delta-method standard error of the Monte-Carlo
+estimate, sum over tokens of (std_m p_m / sqrt M / p_hat)^2, square-rooted and divided by the
+number of tokens. `ce_at_sigma_max` is the first block's read-out at sigma_max, the best single
+predictor of generation quality reported by others.
+
+Generation. Continuations of held-out prompts (`ar.prompt_len` symbols, `ar.gen_len` new), drawn
+with `ar.temperature` and `ar.top_p`: word distinct-2/3, and with a reference model (`--reference`:
+a plain autoregressive run of this project on the same vocabulary), the perplexity of the
+continuations under it (gen-PPL, per symbol) and, when the optional `mauve-text` package is
+installed, MAUVE on the reference model's mean-pooled features (the paper used GPT-2's, which are
+not available offline). Tokens per second: the compiled generation of all prompts, timed after a
+warm-up call, on this machine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import logsumexp
+
+from dblocks_jax.data import text
+from dblocks_jax.engine.chain import stack_blocks
+from dblocks_jax.evaluation.stats import summary
+from dblocks_jax.evaluation.text_metrics import bits_per_character, distinct_n, held_out
+
+SALT = 0xA5C
+
+
+def likelihood(task, block_params: list, windows_NL: np.ndarray, seed: int, draws: int | None = None,
+               batch_size: int = 128, steps: int | None = None, bridge: str | None = None) -> dict:
+    """Nats per symbol over positions 1..L-1 of `windows_NL`: `nll` (-log of the Monte-Carlo
+    predictive probability; exact for the plain model), `nll_se`, `nll_one_draw` and
+    `ce_at_sigma_max` (diffusion only)."""
+    draws = 1 if task.plain else (draws or task.config.ar.mc_draws)
+    sampler, stacked = task.sampler, stack_blocks(block_params)
+    key = jax.random.fold_in(jax.random.key(seed), SALT)
+    log_p, one_draw, var, first = [], [], [], []
+    for start in range(0, len(windows_NL), batch_size):
+        part = jnp.asarray(windows_NL[start:start + batch_size])
+        ids = jnp.arange(start, start + len(part), dtype=jnp.int32)
+        logp_NTM, ce_NT = sampler.log_probs(stacked, part, ids, key, draws)
+        log_mean_NT = logsumexp(logp_NTM, -1) - math.log(draws)
+        log_p.append(np.asarray(log_mean_NT).ravel())
+        one_draw.append(np.asarray(logp_NTM.mean(-1)).ravel())
+        # Var of the Monte-Carlo mean relative to it: var_m(p_m / p_hat) / M (the delta method's term).
+        ratio_NTM = jnp.exp(logp_NTM - log_mean_NT[..., None])
+        var.append(np.asarray(ratio_NTM.var(-1, ddof=1) / draws).ravel() if draws > 1 else np.zeros(ratio_NTM.size))
+        first.append(np.asarray(ce_NT).ravel())
+    log_p, var = np.concatenate(log_p), np.concatenate(var)
+    out = {"nll": float(-log_p.mean()), "nll_se": float(np.sqrt(var.sum()) / len(log_p)),
+           "nll_one_draw": float(-np.concatenate(one_draw).mean()), "draws": draws, "tokens": int(len(log_p))}
+    if not task.plain:
+        out["ce_at_sigma_max"] = float(np.concatenate(first).mean())
+    return out
+
+
+def score(task, block_params: list, seeds=(0,), windows_NL: np.ndarray | None = None, draws: int | None = None,
+          steps: int | None = None, bridge: str | None = None) -> dict:
+    """Bits per character (mean +/- std over `seeds`' chain noise), its Monte-Carlo error, the
+    one-draw figure, the cross-entropy at sigma_max and the unigram floor."""
+    windows = held_out(task) if windows_NL is None else windows_NL
+    runs = [likelihood(task, block_params, windows, seed, draws, steps=steps, bridge=bridge) for seed in seeds]
+    scale = bits_per_character(task, windows) / math.log(2)
+    result = {
+        "bpc": summary([r["nll"] * scale for r in runs]),
+        "bpc_mc_se": float(np.mean([r["nll_se"] for r in runs]) * scale),
+        "bpc_one_draw": summary([r["nll_one_draw"] * scale for r in runs]),
+        "unigram_bpc": text.unigram_bpc(task.corpus) * bits_per_character(task, windows),
+        "objective": task.config.ar.objective, "mc_draws": runs[0]["draws"], "tokens": runs[0]["tokens"],
+        "num_sequences": int(len(windows)), "seq_len": task.config.text.seq_len, "seeds": list(seeds),
+    }
+    if not task.plain:
+        result.update({"ce_at_sigma_max": summary([r["ce_at_sigma_max"] * scale for r in runs]),
+                       "bridge": bridge or task.config.ar.bridge, "steps": task.inference_steps(steps),
+                       "band_edges": [list(task.partition.band(b)) for b in range(task.num_blocks)]})
+    return result
+
+
+def prompts(task, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(prompts (N, ar.prompt_len), the true continuations (N, ar.gen_len)) from held-out windows."""
+    a = task.config.ar
+    span = a.prompt_len + a.gen_len
+    windows = text.sequences(task.corpus.test, span).astype(np.int32)
+    if len(windows) < count:
+        raise ValueError(f"the held-out text holds {len(windows)} windows of ar.prompt_len + ar.gen_len = {span} "
+                         f"symbols; {count} prompts asked for")
+    return windows[:count, :a.prompt_len], windows[:count, a.prompt_len:]
+
+
+def continuations(task, block_params: list, count: int, seed: int = 0, prompts_NP: np.ndarray | None = None,
+                  steps: int | None = None, bridge: str | None = None) -> dict:
+    """`count` continuations of held-out prompts (or of `prompts_NP`): ids, text, tokens per second."""
+    if prompts_NP is None:
+        prompts_NP, _ = prompts(task, count)
+    tokens, seconds = task.sampler.generate(block_params, prompts_NP, task.config.ar.gen_len, seed=seed,
+                                            steps=steps, bridge=bridge)
+    return {"prompt_ids": prompts_NP, "ids": tokens, "prompts": [task.decode(p) for p in prompts_NP],
+            "continuations": [task.decode(c) for c in tokens], "tokens_per_s": tokens.size / seconds}
+
+
+def generation_perplexity(reference, reference_params: list, prompts_NP: np.ndarray, continuations_NG: np.ndarray):
+    """exp(mean cross-entropy per symbol) of the continuations given their prompts, under the
+    plain reference model (`reference`: its task)."""
+    windows = np.concatenate([prompts_NP, continuations_NG], axis=1)
+    p = prompts_NP.shape[1]
+    logp = [np.asarray(reference.sampler.log_probs(stack_blocks(reference_params), jnp.asarray(windows[s:s + 256]),
+                                                   jnp.arange(len(windows[s:s + 256])), jax.random.key(0), 1)[0])
+            for s in range(0, len(windows), 256)]
+    return float(np.exp(-np.concatenate(logp)[:, p - 1:, 0].mean()))
+
+
+def mauve_score(reference, reference_params: list, generated_NL: np.ndarray, human_NL: np.ndarray) -> dict:
+    """MAUVE (Pillutla et al. 2021) between generated and held-out text on the reference model's
+    mean-pooled clean-stream features, or why it was skipped."""
+    try:
+        import mauve  # the optional mauve-text package
+    except ImportError:
+        return {"mauve": None, "mauve_skipped": "the optional mauve-text package is not installed "
+                                                "(pip install 'dblocks-jax[mauve]')"}
+    stacked = stack_blocks(reference_params)
+
+    def features(windows):
+        h, _ = reference.sampler.contexts(stacked, jnp.asarray(windows), jnp.arange(windows.shape[1]))
+        return np.asarray(h[0].mean(1))
+
+    out = mauve.compute_mauve(p_features=features(generated_NL), q_features=features(human_NL), verbose=False)
+    return {"mauve": float(out.mauve), "mauve_features": "the reference model's mean-pooled final clean-stream "
+                                                         "states (not GPT-2's: unavailable offline)"}
+
+
+def load_reference(workdir: str, task, overrides: dict | None = None):
+    """A plain autoregressive run that can score `task`'s generations: (its task, its blocks)."""
+    from dblocks_jax import runs
+
+    reference, params, _ = runs.load_run(workdir, overrides)
+    a, need = task.config.ar, task.config.ar.prompt_len + task.config.ar.gen_len
+    problems = [f"its task is {reference.config.task}" if reference.config.task != task.config.task else
+                f"its ar.objective is {reference.config.ar.objective}" if not reference.plain else "",
+                f"its vocabulary is {reference.config.text.vocabulary}, this run's {task.config.text.vocabulary}"
+                if reference.config.text.vocabulary != task.config.text.vocabulary else "",
+                f"its text.seq_len={reference.config.text.seq_len} < ar.prompt_len + ar.gen_len = {need}"
+                if reference.config.text.seq_len < need else ""]
+    problems = [p for p in problems if p]
+    if problems:
+        raise ValueError(f"--reference {workdir} must be a plain autoregressive_lm run on the same vocabulary that "
+                         f"sees {a.prompt_len} + {a.gen_len} symbols: {'; '.join(problems)}")
+    return reference, params
+
+
+def evaluate_run(workdir, *, seeds=(0, 1, 2), overrides: dict | None = None, untrained: bool = False,
+                 num_samples: int | None = None, steps: int | None = None, mc: int | None = None,
+                 reference: str | None = None) -> dict:
+    """`score` over `seeds`, continuations of held-out prompts (first seed) with distinct-n and
+    tokens per second, and with a `reference` run: gen-PPL, MAUVE (optional) and the reference's
+    own generation speed and scores on the same prompts."""
+    from dblocks_jax import runs
+
+    task, params, block_steps = runs.load_run(workdir, overrides, untrained=untrained)
+    result = score(task, params, seeds, draws=mc, steps=steps)
+    count = num_samples or task.config.sampling.num_samples
+    prompts_NP, truth_NG = prompts(task, count)
+    gen = continuations(task, params, count, seed=seeds[0], prompts_NP=prompts_NP, steps=steps)
+    truth = [task.decode(c) for c in truth_NG]
+    a = task.config.ar
+    result.update({
+        "samples": [f"{p}|{c}" for p, c in zip(gen["prompts"], gen["continuations"])],
+        "distinct_2": distinct_n(gen["continuations"], 2), "distinct_3": distinct_n(gen["continuations"], 3),
+        "held_out_distinct_2": distinct_n(truth, 2), "held_out_distinct_3": distinct_n(truth, 3),
+        "tokens_per_s": gen["tokens_per_s"], "num_prompts": count, "prompt_len": a.prompt_len,
+        "gen_len": a.gen_len, "temperature": a.temperature, "top_p": a.top_p, "block_steps": block_steps,
+        "untrained": untrained, "gen_ppl": None, "mauve": None})
+    if reference is None:
+        result["gen_ppl_skipped"] = "no --reference (a plain autoregressive run of this project) was given"
+        return result
+    ref_task, ref_params = load_reference(reference, task, overrides)
+    ref_gen = continuations(ref_task, ref_params, count, seed=seeds[0], prompts_NP=prompts_NP)
+    human_NL, generated_NL = np.concatenate([prompts_NP, truth_NG], 1), np.concatenate([prompts_NP, gen["ids"]], 1)
+    result.update({
+        "reference": reference, "gen_ppl": generation_perplexity(ref_task, ref_params, prompts_NP, gen["ids"]),
+        "held_out_gen_ppl": generation_perplexity(ref_task, ref_params, prompts_NP, truth_NG),
+        "reference_gen_ppl": generation_perplexity(ref_task, ref_params, prompts_NP, ref_gen["ids"]),
+        "reference_tokens_per_s": ref_gen["tokens_per_s"],
+        "reference_distinct_2": distinct_n(ref_gen["continuations"], 2),
+        "reference_distinct_3": distinct_n(ref_gen["continuations"], 3),
+        **mauve_score(ref_task, ref_params, generated_NL, human_NL)})
+    return result
