@@ -84,7 +84,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("pydoc_ar", "autoregressive DiffusionBlocks LM, 12 layers, B = 4, on Python's bundled pydoc text: a "
                        "2-core CPU, minutes (--set ar.objective=plain --set model.num_blocks=1: the AR baseline)", {
         **_AR, "data.dataset": "pydoc", "data.batch_size": 32, "text.seq_len": 64, "model.width": 64,
-        "model.num_heads": 4, "optim.learning_rate": 2e-3, "optim.warmup_steps": 100, "optim.steps": 800,
+        "model.num_heads": 4, "optim.learning_rate": 2e-3, "optim.warmup_steps": 100, "optim.steps": 600,
         "text.eval_sequences": 256, "sampling.num_samples": 8, "run.log_every": 50}),
     Preset("lm1b_ar", "the paper's Table 4 setting: 12 layers, width 768, 12 heads, seq 256, B = 4 on tfds:lm1b "
                       "(bytes), for GPU/TPU", {
