@@ -82,6 +82,15 @@ def test_language_notebook_runs_top_to_bottom_on_tiny_settings(tmp_path, monkeyp
     path, tokens = namespace["path"], namespace["tokens"]
     assert path.shape == (1, 16, 32) and (path[0, 0] == task.mask_id).mean() > 0.5
     assert not (tokens == task.mask_id).any() and (tmp_path / "runs" / "language_md4" / "samples.txt").exists()
+    # The autoregressive section: both models scored as `evaluate` scores them, both continue the prompt.
+    from dblocks_jax.tasks.autoregressive_lm_eval import score as ar_score
+
+    for name, (ar_task, ar_params, scores) in namespace["ar"].items():
+        assert scores["bpc"]["mean"] == pytest.approx(ar_score(ar_task, ar_params, seeds=(0,))["bpc"]["mean"],
+                                                      rel=1e-6)
+        out = namespace["generations"][name]
+        assert out["prompts"][0] == "the function " and all(len(c) == 12 for c in out["continuations"])
+    assert "ce_at_sigma_max" in namespace["ar"]["DiffusionBlocks"][2]
 
 
 def test_notebook_runs_top_to_bottom_on_tiny_settings(tmp_path, monkeypatch):
