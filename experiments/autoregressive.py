@@ -91,8 +91,8 @@ def report(records: list[dict], costs: dict, out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = ["| variant | bridge | seeds | BPC (MC) | MC s.e. | CE at σ_max | gen-PPL | distinct-2 | symbols/s | "
-             "train s | step peak MiB | step ms |", "|" + "---|" * 12]
+    lines = ["| variant | bridge | seeds | BPC (MC) | CE at σ_max | gen-PPL | distinct-2 | symbols/s | "
+             "train s | step peak MiB | step ms |", "|" + "---|" * 11]
     summary, rows = {}, []
     for steps in sorted({r["steps"] for r in records}):
         for variant in VARIANTS:
@@ -102,8 +102,7 @@ def report(records: list[dict], costs: dict, out: str) -> None:
             c = costs.get(variant, {})
             for bridge in rs[0]["by_bridge"]:
                 es = [r["by_bridge"][bridge] for r in rs]
-                stat = {k: mean_std(e[k] for e in es) for k in ("bpc", "bpc_mc_se", "gen_ppl", "distinct_2",
-                                                                 "tokens_per_s")}
+                stat = {k: mean_std(e[k] for e in es) for k in ("bpc", "gen_ppl", "distinct_2", "tokens_per_s")}
                 if "ce_at_sigma_max" in es[0]:
                     stat["ce_at_sigma_max"] = mean_std(e["ce_at_sigma_max"] for e in es)
                     stat["bpc_by_draws"] = {m: mean_std(e["bpc_by_draws"][m] for e in es) for m in es[0]["bpc_by_draws"]}
@@ -111,8 +110,7 @@ def report(records: list[dict], costs: dict, out: str) -> None:
                 summary[f"{variant}/{bridge}/steps{steps}"] = {**stat, "seeds": len(rs), **c}
                 rows.append((f"{variant}/{bridge}", stat))
                 fmt = lambda k: f"{stat[k][0]:.3f} ± {stat[k][1]:.3f}" if k in stat else "–"
-                lines.append(f"| {variant} | {bridge} | {len(rs)} | {fmt('bpc')} | {stat['bpc_mc_se'][0]:.3f} | "
-                             f"{fmt('ce_at_sigma_max')} | {fmt('gen_ppl')} | {fmt('distinct_2')} | "
+                lines.append(f"| {variant} | {bridge} | {len(rs)} | {fmt('bpc')} | {fmt('ce_at_sigma_max')} | {fmt('gen_ppl')} | {fmt('distinct_2')} | "
                              f"{stat['tokens_per_s'][0]:.0f} | {stat['train_seconds'][0]:.0f} | "
                              f"{c.get('step_peak_bytes', 0) / 2**20:.1f} | {1e3 * c.get('step_seconds', 0):.1f} |")
     held = [r["held_out_gen_ppl"] for r in records if r["variant"] == "ar"]

@@ -66,7 +66,7 @@ def test_noisy_tokens_see_only_earlier_clean_tokens_and_themselves(db):
     k = 6
     later = logits(tokens.at[:, k].set((tokens[:, k] + 1) % task.vocab_size), z)
     np.testing.assert_allclose(later[:, :k], base[:, :k], atol=1e-6)  # queries 0..k-1 see clean 0..k-1 only
-    assert np.abs(later[:, k:] - base[:, k:]).max() > 1e-3  # query k sees clean token k (it predicts k + 1)
+    assert np.abs(later[:, k] - base[:, k]).max() > 1e-3  # query k (token k + 1) sees clean token k
     bump = jax.random.normal(jax.random.key(9), (width,))  # not a constant shift, which the norms remove
     other = logits(tokens, z.at[:, k].add(bump))  # a noisy token is seen by itself alone
     changed = np.abs(np.asarray(other - base)).max(-1).max(0) > 1e-4
@@ -101,17 +101,33 @@ def test_the_kv_cache_reproduces_the_full_pass_token_by_token(db):
 def test_plain_greedy_generation_is_the_argmax_of_full_passes(plain):
     task, params = plain
     prompts = held_out(task)[:3, :4]
-    tokens, seconds = task.sampler.generate(params, prompts, 6, steps=None)
-    seq = np.concatenate([prompts, tokens], 1)
-    assert tokens.shape == (3, 6) and seconds > 0
     net = task.network(params[0])
-    greedy = task.config.replace(**{"ar.temperature": 0.0})
-    task_greedy = make_task(greedy)
-    tokens, _ = task_greedy.sampler.generate(params, prompts, 6)
+    tokens, seconds = make_task(task.config.replace(**{"ar.temperature": 0.0})).sampler.generate(params, prompts, 6)
+    assert tokens.shape == (3, 6) and seconds > 0
     seq = np.concatenate([prompts, tokens], 1)
     h, _ = net.clean(jnp.asarray(seq[:, :-1]), jnp.arange(seq.shape[1] - 1))
     expected = np.argmax(np.asarray(net.plain_logits(h)), -1)[:, 3:]
     np.testing.assert_array_equal(tokens, expected)
+
+
+def test_db_greedy_generation_through_the_cache_is_the_teacher_forced_chain(db, monkeypatch):
+    """With the chain's starting noise set to zero (deterministic chains), the logits generation
+    draws each token from (one position at a time, every block's cache filled token by token) are
+    those of the chain run on the finished sequence in one teacher-forced pass."""
+    task, params = db
+    task = make_task(task.config.replace(**{"ar.temperature": 0.0}))
+    monkeypatch.setattr(type(task.sampler), "start_noise", lambda self, keys_N, shape: jnp.zeros(
+        (len(keys_N), *shape)))
+    prompts = held_out(task)[:3, :4]
+    tokens, _, generated = task.sampler.generate(params, prompts, 6, return_logits=True)
+    seq = jnp.asarray(np.concatenate([prompts, tokens], 1))
+    stacked, t = stack_blocks(params), seq.shape[1] - 1
+    _, kv = task.sampler.contexts(stacked, seq[:, :-1], jnp.arange(t))
+    cond = {"kv": kv, "mask": causal_mask(t, 0, t), "positions": jnp.arange(1, t + 1)}  # token i at position i
+    logits = task.sampler.chain()(stacked, jnp.zeros((3, t, task.config.model.width)), cond, jax.random.key(0))
+    np.testing.assert_allclose(generated, np.asarray(logits)[:, 3:], atol=2e-4)
+    np.testing.assert_array_equal(np.argmax(generated, -1), tokens)  # greedy
+    assert np.abs(np.diff(generated, axis=1)).max() > 1e-3  # the logits move with the context
 
 
 def test_the_plain_likelihood_is_the_training_cross_entropy(plain):
@@ -158,6 +174,8 @@ def test_pick_is_greedy_at_zero_temperature_and_nucleus_keeps_the_top_mass():
     np.testing.assert_allclose(full, [0.5, 0.3, 0.15, 0.05], atol=0.03)
     top = np.bincount(np.asarray(pick(logits, keys, 1.0, 0.7)), minlength=4) / 4000  # {0, 1} hold 0.8 >= 0.7
     assert top[2:].sum() == 0 and top[0] == pytest.approx(0.5 / 0.8, abs=0.03)
+    half = np.asarray(pick(logits, keys, 1.0, 0.5))  # token 0 alone holds 0.5: the nucleus is {0}
+    assert set(half.tolist()) == {0}
 
 
 def test_the_monte_carlo_likelihood_averages_probabilities_not_log_probabilities(db):
@@ -171,6 +189,9 @@ def test_the_monte_carlo_likelihood_averages_probabilities_not_log_probabilities
     other = likelihood(task, params, windows, seed=1, draws=16)
     assert other["nll"] != out["nll"] and abs(other["nll"] - out["nll"]) < 6 * max(out["nll_se"], other["nll_se"])
     assert out["ce_at_sigma_max"] > 0
+    # The delta-method error matches the spread of the estimate over seeds (within sampling error).
+    spread = np.std([likelihood(task, params, windows, seed=s, draws=16)["nll"] for s in range(2, 8)], ddof=1)
+    assert 0.4 < spread / out["nll_se"] < 2.5, (spread, out["nll_se"])
 
 
 def test_prompt_and_length_errors(db):
@@ -186,6 +207,12 @@ def test_prompt_and_length_errors(db):
         task.sampler.generate(params, np.zeros((1, 12), np.int32), 5)
     with pytest.raises(ValueError, match="ar.objective"):
         tiny(**{"ar.objective": "plain"})
+    with pytest.raises(ValueError, match="ar.gen_len"):
+        tiny(**{"ar.gen_len": 13})  # 4 + 13 > text.seq_len=16: refused before training, not after
+    with pytest.raises(ValueError, match="new tokens=0"):
+        task.sampler.generate(params, np.zeros((1, 4), np.int32), 0)
+    with pytest.raises(ValueError, match="prompt ids"):
+        task.sampler.generate(params, np.full((1, 4), 27, np.int32), 2)
     with pytest.raises(ValueError, match="text.mask_eps"):
         tiny(**{"text.mask_eps": 0.01})
 
@@ -196,6 +223,8 @@ def test_distinct_n_counts_word_ngrams():
 
 
 def test_cli_trains_both_models_evaluates_against_the_reference_and_continues_a_prompt(tmp_path, capsys):
+    # Evaluate and sample use the shapes the training's own artifacts used (4 prompts, 4 draws, a
+    # 4-symbol prompt, 6 new symbols), so the compilation cache serves them.
     args = [a for path, value in TINY.items() for a in ("--set", f"{path}={value}")]
     args += ["--set", "text.seq_len=32", "--set", "data.batch_size=32", "--set", "optim.learning_rate=3e-3",
              "--set", "optim.warmup_steps=10", "--no-progress"]
@@ -205,28 +234,28 @@ def test_cli_trains_both_models_evaluates_against_the_reference_and_continues_a_
     with open(os.path.join(ref, "bpc.json")) as f:
         trained = json.load(f)
     assert trained["bpc"]["mean"] < trained["unigram_bpc"] - 0.3, trained  # it learned from the context
-    assert cli.main(["train", "--config", "pydoc_ar", "--steps", "60", "--workdir", db_dir, *args]) == 0
+    assert cli.main(["train", "--config", "pydoc_ar", "--steps", "10", "--workdir", db_dir, *args]) == 0
     out = capsys.readouterr().out
     assert "chain draws per symbol" in out and "CE at sigma_max" in out
-    assert cli.main(["evaluate", "--workdir", db_dir, "--seeds", "0,1", "--mc", "2", "--reference", ref,
-                     "--num-samples", "3"]) == 0
+    assert cli.main(["evaluate", "--workdir", db_dir, "--seeds", "0,1", "--mc", "4", "--reference", ref]) == 0
     with open(os.path.join(db_dir, "evaluation.json")) as f:
         result = json.load(f)
-    assert len(result["bpc"]["values"]) == 2 and result["mc_draws"] == 2
+    with open(os.path.join(db_dir, "bpc.json")) as f:
+        assert result["bpc"]["values"][0] == pytest.approx(json.load(f)["bpc"]["mean"], rel=1e-6)  # same draws
+    assert len(result["bpc"]["values"]) == 2 and result["mc_draws"] == 4
     assert result["gen_ppl"] > 1 and result["held_out_gen_ppl"] < result["gen_ppl"]  # real text reads better
     assert result["tokens_per_s"] > 0 and result["reference_tokens_per_s"] > 0
-    assert len(result["samples"]) == 3 and all(len(s.split("|")[1]) == 6 for s in result["samples"])
+    assert len(result["samples"]) == 4 and all(len(s.split("|")[1]) == 6 for s in result["samples"])
     assert (result["mauve"] is None) == ("mauve_skipped" in result)
     out_txt = str(tmp_path / "c.txt")
     capsys.readouterr()
-    assert cli.main(["sample", "--workdir", db_dir, "--out", out_txt, "--prompt", "The ", "--num-samples", "2",
-                     "--length", "5", "--steps", "3"]) == 0
+    assert cli.main(["sample", "--workdir", db_dir, "--out", out_txt, "--prompt", "The ", "--steps", "3"]) == 0
     printed = capsys.readouterr().out
     assert "mapped to the text8 vocabulary" in printed and "3 network calls per symbol" in printed
     with open(out_txt) as f:
         lines = f.read().splitlines()
-    assert len(lines) == 2 and all(line.startswith("the |") and len(line) == len("the |") + 5 for line in lines)
+    assert len(lines) == 4 and all(line.startswith("the |") and len(line) == len("the |") + 6 for line in lines)
     assert cli.main(["sample", "--workdir", db_dir, "--out", out_txt, "--prompt", "x" * 30, "--length", "5"]) == 2
     assert "exceeds the trained context" in capsys.readouterr().err
-    assert cli.main(["evaluate", "--workdir", ref, "--reference", db_dir, "--num-samples", "2"]) == 2
+    assert cli.main(["evaluate", "--workdir", ref, "--reference", db_dir]) == 2
     assert "must be a plain autoregressive_lm run" in capsys.readouterr().err

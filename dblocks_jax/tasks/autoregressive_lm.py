@@ -35,18 +35,18 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dblocks_jax.engine.chain import level_grid
 from dblocks_jax.engine.edm import EDM
 from dblocks_jax.engine.settings import require
 from dblocks_jax.models.causal_lm import CausalLM, causal_mask
+from dblocks_jax.tasks.embedding_target import EmbeddingTarget
 from dblocks_jax.tasks.text_task import TextTask
 
-TABLE_SALT = 0x7AB1E  # folded into the run seed's key: the target table every block starts from
 NOISY_SALT = 0x5A17  # folded into the dropout keys of the noisy stream
 
 
-class AutoregressiveLM(TextTask):
+class AutoregressiveLM(EmbeddingTarget, TextTask):
     name = "autoregressive_lm"
+    table_param = "target_embed"
     attention_width = 2  # a noisy token reads the clean stream's keys and its own
     # Generation runs its own chain (ar.steps calls per token, ar.bridge); nothing is masked,
     # augmented or class-conditioned.
@@ -60,6 +60,10 @@ class AutoregressiveLM(TextTask):
         require(config.ar.objective == "diffusion" or config.model.num_blocks == 1, "ar.objective",
                 config.ar.objective, f"diffusion with model.num_blocks={config.model.num_blocks} (a plain "
                                      f"autoregressive model is trained end to end: set model.num_blocks=1)")
+        a, length = config.ar, config.text.seq_len
+        require(a.prompt_len + a.gen_len <= length, "ar.gen_len", a.gen_len,
+                f"at most text.seq_len - ar.prompt_len = {length - a.prompt_len} (generation stays inside the "
+                f"trained context)")
 
     def __init__(self, config):
         super().__init__(config)
@@ -87,15 +91,6 @@ class AutoregressiveLM(TextTask):
                         width=m.width, depth=m.layers_per_block, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
                         positions=m.positions, dropout=m.dropout, dtype=jnp.dtype(m.dtype), remat=m.remat,
                         scan_layers=m.scan_layers, rngs=rngs)
-
-    def init_params(self, key: jax.Array):
-        """Every block starts from the same target table (drawn from the run seed): the chain hands
-        the state from block to block, so they must agree on its space, at least at the start."""
-        params = super().init_params(key)
-        if not self.plain:
-            table_key = jax.random.fold_in(jax.random.key(self.config.run.seed), TABLE_SALT)
-            params["target_embed"].value = 0.02 * jax.random.normal(table_key, params["target_embed"].value.shape)
-        return params
 
     def draw(self, key, block, batch_spec) -> dict:
         """One sigma per sequence from the block's (widened) band, the noise on the targets and, with
@@ -129,20 +124,8 @@ class AutoregressiveLM(TextTask):
 
     # -- the chain ----------------------------------------------------------------------------------
 
-    def inference_steps(self, steps: int | None = None) -> int:
-        """Network calls per token: `steps`, else ar.steps, else one per block; at least B and 2
-        (a start at sigma_max and a read-out at sigma_min)."""
-        steps = steps or self.config.ar.steps or max(self.num_blocks, 2)
-        least = max(self.num_blocks, 2)
-        if steps < least:
-            raise ValueError(f"inference steps={steps}; allowed: an integer >= {least} (the chain starts at "
-                             f"sigma_max, reads out at sigma_min and calls each of the {self.num_blocks} block(s) "
-                             f"at least once)")
-        return steps
-
-    def grid(self, steps: int | None = None) -> np.ndarray:
-        """The chain's levels sigma_max ... sigma_min: `inference_steps` points of `sampling.grid`."""
-        return level_grid(self.config.sampling.grid, self.inference_steps(steps) - 1, self.law)
+    def configured_steps(self) -> int:
+        return self.config.ar.steps
 
     def bridge(self, logits_NTV: jax.Array, table_VD: jax.Array, kind: str | None = None) -> jax.Array:
         """D from a block's logits (see the module docstring)."""
@@ -164,4 +147,4 @@ class AutoregressiveLM(TextTask):
             json.dump(result, f, indent=1)
         samples = continuations(self, block_params, self.config.sampling.num_samples, seed=self.config.run.seed)
         with open(os.path.join(workdir, "samples.txt"), "w") as f:
-            f.write("\n".join(f"{p} | {c}" for p, c in zip(samples["prompts"], samples["continuations"])) + "\n")
+            f.write("\n".join(f"{p}|{c}" for p, c in zip(samples["prompts"], samples["continuations"])) + "\n")

@@ -8,9 +8,13 @@ chain's starting noise (the Euler chain is deterministic given it). We estimate 
 (`ar.mc_draws`, `--mc`): p_hat = mean_m p_m, scored as -log2 p_hat. That is the likelihood the
 paper says it cannot give. log of a mean of M draws underestimates log p in expectation (Jensen),
 so the bits reported are an upper bound that tightens as M grows; the report carries the
-one-draw figure (the expected -log p_m, M = 1) and a delta-method standard error of the Monte-Carlo
-estimate, sum over tokens of (std_m p_m / sqrt M / p_hat)^2, square-rooted and divided by the
-number of tokens. `ce_at_sigma_max` is the first block's read-out at sigma_max, the best single
+one-draw figure (the expected -log p_m, M = 1). The read-out at sigma_min is nearly one-hot, so
+p_m is close to 1 when a chain lands on the true token and tiny otherwise: a token that no draw
+hits costs tens of bits, and the delta method (var_m p_m / M p_hat^2) would call it certain (all
+its draws agree). The standard error is therefore taken from the draws themselves: each token's
+estimate from the first and from the second half of the draws, whose squared difference / 4
+estimates the variance of the M-draw estimate; summed over tokens, square-rooted, divided by their
+number. The spread over evaluation seeds is reported beside it. `ce_at_sigma_max` is the first block's read-out at sigma_max, the best single
 predictor of generation quality reported by others.
 
 Generation. Continuations of held-out prompts (`ar.prompt_len` symbols, `ar.gen_len` new), drawn
@@ -51,13 +55,16 @@ def likelihood(task, block_params: list, windows_NL: np.ndarray, seed: int, draw
     for start in range(0, len(windows_NL), batch_size):
         part = jnp.asarray(windows_NL[start:start + batch_size])
         ids = jnp.arange(start, start + len(part), dtype=jnp.int32)
-        logp_NTM, ce_NT = sampler.log_probs(stacked, part, ids, key, draws)
+        logp_NTM, ce_NT = sampler.log_probs(stacked, part, ids, key, draws, steps, bridge)
         log_mean_NT = logsumexp(logp_NTM, -1) - math.log(draws)
         log_p.append(np.asarray(log_mean_NT).ravel())
         one_draw.append(np.asarray(logp_NTM.mean(-1)).ravel())
-        # Var of the Monte-Carlo mean relative to it: var_m(p_m / p_hat) / M (the delta method's term).
-        ratio_NTM = jnp.exp(logp_NTM - log_mean_NT[..., None])
-        var.append(np.asarray(ratio_NTM.var(-1, ddof=1) / draws).ravel() if draws > 1 else np.zeros(ratio_NTM.size))
+        # Each token's estimate from either half of the draws: (a - b)^2 / 2 estimates the variance of
+        # a half-draws estimate, half of that the variance of the M-draws one.
+        half = draws // 2
+        a_NT = logsumexp(logp_NTM[..., :half], -1) - math.log(max(half, 1))
+        b_NT = logsumexp(logp_NTM[..., half:2 * half], -1) - math.log(max(half, 1))
+        var.append(np.asarray((a_NT - b_NT) ** 2 / 4).ravel() if half else np.full(log_mean_NT.size, np.nan))
         first.append(np.asarray(ce_NT).ravel())
     log_p, var = np.concatenate(log_p), np.concatenate(var)
     out = {"nll": float(-log_p.mean()), "nll_se": float(np.sqrt(var.sum()) / len(log_p)),
@@ -122,9 +129,11 @@ def generation_perplexity(reference, reference_params: list, prompts_NP: np.ndar
     return float(np.exp(-np.concatenate(logp)[:, p - 1:, 0].mean()))
 
 
-def mauve_score(reference, reference_params: list, generated_NL: np.ndarray, human_NL: np.ndarray) -> dict:
-    """MAUVE (Pillutla et al. 2021) between generated and held-out text on the reference model's
-    mean-pooled clean-stream features, or why it was skipped."""
+def mauve_score(reference, reference_params: list, generated_NL: np.ndarray, human_NL: np.ndarray,
+                prompt_len: int) -> dict:
+    """MAUVE (Pillutla et al. 2021) between generated and held-out continuations (after the shared
+    `prompt_len` symbols) on the reference model's mean-pooled clean-stream features, or why it was
+    skipped."""
     try:
         import mauve  # the optional mauve-text package
     except ImportError:
@@ -134,7 +143,7 @@ def mauve_score(reference, reference_params: list, generated_NL: np.ndarray, hum
 
     def features(windows):
         h, _ = reference.sampler.contexts(stacked, jnp.asarray(windows), jnp.arange(windows.shape[1]))
-        return np.asarray(h[0].mean(1))
+        return np.asarray(h[0][:, prompt_len:].mean(1))  # the continuation's states, read in context
 
     out = mauve.compute_mauve(p_features=features(generated_NL), q_features=features(human_NL), verbose=False)
     return {"mauve": float(out.mauve), "mauve_features": "the reference model's mean-pooled final clean-stream "
@@ -195,5 +204,5 @@ def evaluate_run(workdir, *, seeds=(0, 1, 2), overrides: dict | None = None, unt
         "reference_tokens_per_s": ref_gen["tokens_per_s"],
         "reference_distinct_2": distinct_n(ref_gen["continuations"], 2),
         "reference_distinct_3": distinct_n(ref_gen["continuations"], 3),
-        **mauve_score(ref_task, ref_params, generated_NL, human_NL)})
+        **mauve_score(ref_task, ref_params, generated_NL, human_NL, a.prompt_len)})
     return result

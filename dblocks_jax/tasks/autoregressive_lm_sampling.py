@@ -6,8 +6,9 @@ caches: `contexts` runs the clean stream of every block at once (a vmap over the
 a chain step reads only the owning block's slice, through the engine's `make_chain` (the cache,
 its mask and the positions are the chain's opaque conditioning).
 
-Randomness is per example: the starting noise of token i of example n comes from
-fold_in(fold_in(key, n), i) (and the draw, when scoring), so an output does not depend on the
+Randomness is per example: when generating, the starting noise of new token i of example n comes
+from fold_in(fold_in(key, n), i); when scoring, draw m of window n takes its noise for every
+position from fold_in(fold_in(fold_in(key, m), n), 0). Either way an output does not depend on the
 batch it was computed in.
 """
 
@@ -84,13 +85,17 @@ class Sampler:
             # D in the table of the block that reads the state next (blocks learn their tables apart).
             d_NTD = task.bridge(logits_at(params_at, z_NTD, cond, t, b), task.network(params_at(b_next)).table(),
                                 key[1])
-            return z_NTD + (t_next - t) * (z_NTD - d_NTD) / t  # Euler on the probability-flow ODE
+            return task.euler_step(z_NTD, d_NTD, t, t_next)
 
         def read_out(params_at, z_NTD, cond, t, b):
             return logits_at(params_at, z_NTD, cond, t, b)
 
         run = self._chains[key] = make_chain(step, read_out, task.partition, grid)
         return run
+
+    def start_noise(self, keys_N: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        """The chain's starting states sigma_max eps (N, *shape), one key per example."""
+        return self.task.law.level_max * jax.vmap(lambda k: jax.random.normal(k, shape))(keys_N)
 
     # -- teacher-forced scoring -----------------------------------------------------------------------
 
@@ -117,23 +122,23 @@ class Sampler:
         cond = {"kv": kv, "mask": causal_mask(t, 0, t), "positions": jnp.arange(1, t + 1)}
         run, width, sigma_max = self.chain(steps, bridge), task.config.model.width, task.law.level_max
 
-        def one_draw(m):
-            keys_N = example_keys(jax.random.fold_in(key, m), ids_N, 0)
-            z0 = sigma_max * jax.vmap(lambda k: jax.random.normal(k, (t, width)))(keys_N)
-            return true(run(stacked, z0, cond, key)), z0
+        def start(m):  # the draw's starting noise: one key per (window, draw)
+            return self.start_noise(example_keys(jax.random.fold_in(key, m), ids_N, 0), (t, width))
 
-        logp_MNT, z0_MNTD = jax.lax.map(one_draw, jnp.arange(draws))
+        logp_MNT = jax.lax.map(lambda m: true(run(stacked, start(m), cond, key)), jnp.arange(draws))
         first = task.network(block_slice(stacked, 0)).denoised_logits(
-            z0_MNTD[0], jnp.full((len(ids_N),), sigma_max, jnp.float32), task.edm.scalings, cond["positions"],
+            start(0), jnp.full((len(ids_N),), sigma_max, jnp.float32), task.edm.scalings, cond["positions"],
             block_slice(kv, 0), cond["mask"], task.block_depth(0))
         return jnp.moveaxis(logp_MNT, 0, -1), -true(first)
 
     # -- generation -----------------------------------------------------------------------------------
 
     def generate(self, block_params: list, prompts_NP: np.ndarray, new_tokens: int, *, seed: int = 0,
-                 first_id: int = 0, steps: int | None = None, bridge: str | None = None) -> tuple[np.ndarray, float]:
-        """(continuations (N, new_tokens) int32, seconds the compiled generation took). The prompts'
-        ids are first_id..first_id+N-1 (per-example randomness)."""
+                 first_id: int = 0, steps: int | None = None, bridge: str | None = None,
+                 return_logits: bool = False):
+        """(continuations (N, new_tokens) int32, seconds the compiled generation took), and with
+        `return_logits` the logits each token was drawn from (N, new_tokens, V). The prompts' ids
+        are first_id..first_id+N-1 (per-example randomness)."""
         task = self.task
         n, p = prompts_NP.shape
         if p < 1:
@@ -147,13 +152,23 @@ class Sampler:
             if not task.plain:
                 self.chain(steps, bridge)  # built outside the trace: its grid arrays are constants
             self._jit[cache_key] = jax.jit(lambda s, x, i, k: self._generate(s, x, i, k, new_tokens, steps, bridge))
-        fn, stacked = self._jit[cache_key], stack_blocks(block_params)
+        if new_tokens < 1:
+            raise ValueError(f"new tokens={new_tokens}; allowed: an integer >= 1")
+        if prompts_NP.min() < 0 or prompts_NP.max() >= task.vocab_size:
+            raise ValueError(f"prompt ids must lie in 0..{task.vocab_size - 1} (the {task.config.text.vocabulary} "
+                             f"vocabulary)")
+        stacked = stack_blocks(block_params)
         args = (stacked, jnp.asarray(prompts_NP, jnp.int32), jnp.arange(first_id, first_id + n, dtype=jnp.int32),
                 jax.random.fold_in(jax.random.key(seed), GENERATE_SALT))
-        fn(*args).block_until_ready()  # compile (and warm) outside the timing
+        fn = self._jit[cache_key]
+        # Compiled and run once outside the timing: a first execution carries one-time costs (about
+        # 15 ms on the CPU) that would dominate a short generation's time.
+        jax.block_until_ready(fn(*args))
         start = time.perf_counter()
-        out = np.asarray(fn(*args))
-        return out, time.perf_counter() - start
+        tokens, logits = fn(*args)
+        tokens = np.asarray(tokens)
+        seconds = time.perf_counter() - start
+        return (tokens, seconds, np.asarray(logits)) if return_logits else (tokens, seconds)
 
     def _generate(self, stacked, prompts_NP, ids_N, key, new_tokens, steps, bridge):
         task = self.task
@@ -173,9 +188,8 @@ class Sampler:
             if task.plain:
                 logits_NV = head.plain_logits(h_last_ND[:, None])[:, 0]
             else:
-                k_noise = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys_N)
-                z0 = task.law.level_max * jax.vmap(lambda k: jax.random.normal(k, (1, task.config.model.width)))(
-                    k_noise)
+                z0 = self.start_noise(jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys_N),
+                                      (1, task.config.model.width))
                 cond = {"kv": cache, "mask": (jnp.arange(size) < position)[None], "positions": position[None]}
                 logits_NV = run(stacked, z0, cond, key)[:, 0]
             token_N = pick(logits_NV, keys_N, a.temperature, a.top_p)
@@ -183,10 +197,10 @@ class Sampler:
             h_new, kv_new = self.contexts(stacked, token_N[:, None], position[None], cache, mask)
             cache = jax.tree.map(lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), position, 3),
                                  cache, kv_new)
-            return (cache, h_new[0, :, 0]), token_N
+            return (cache, h_new[0, :, 0]), (token_N, logits_NV)
 
-        _, tokens_GN = jax.lax.scan(body, (cache, h[0, :, -1]), jnp.arange(new_tokens))
-        return tokens_GN.T
+        _, (tokens_GN, logits_GNV) = jax.lax.scan(body, (cache, h[0, :, -1]), jnp.arange(new_tokens))
+        return tokens_GN.T, jnp.swapaxes(logits_GNV, 0, 1)
 
 
 def prompt_ids(task, prompt: str) -> tuple[np.ndarray, str]:

@@ -32,16 +32,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dblocks_jax.engine.chain import level_grid, make_chain, stack_blocks
+from dblocks_jax.engine.chain import make_chain, stack_blocks
 from dblocks_jax.engine.settings import require
 from dblocks_jax.models.vit import ViT
+from dblocks_jax.tasks.embedding_target import EmbeddingTarget
 from dblocks_jax.tasks.image_task import ImageTask, per_example_normal
 
-TABLE_SALT = 0x7AB1E  # folded into the run seed's key: the label table every block starts from
-
-
-class ImageClassification(ImageTask):
+class ImageClassification(EmbeddingTarget, ImageTask):
     name = "image_classification"
+    table_param = "label_embed"
     extra_tokens = 1  # the CLS token
 
     @classmethod
@@ -82,13 +81,6 @@ class ImageClassification(ImageTask):
                    depth=m.layers_per_block, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
                    num_classes=self.num_classes, plain=self.plain, dropout=m.dropout, dtype=jnp.dtype(m.dtype),
                    remat=m.remat, scan_layers=m.scan_layers, rngs=rngs)
-
-    def init_params(self, key: jax.Array):
-        params = super().init_params(key)
-        if not self.plain:  # every block starts from the same table (see the module docstring)
-            table_key = jax.random.fold_in(jax.random.key(self.config.run.seed), TABLE_SALT)
-            params["label_embed"].value = 0.02 * jax.random.normal(table_key, params["label_embed"].value.shape)
-        return params
 
     def draw(self, key, block, batch_spec) -> dict:
         """Sigmas from the block's (widened) band, the noise on the label embedding and, with
@@ -131,22 +123,8 @@ class ImageClassification(ImageTask):
         h_BD, cond_BD = net.features(images, None, jnp.zeros(images.shape[:1], jnp.float32), depth, keys)
         return net.logits(h_BD, cond_BD)
 
-    def inference_steps(self, steps: int | None = None) -> int:
-        """Network calls of the chain: `steps`, else classify.steps, else one per block. At least
-        B (fewer points would skip blocks) and at least 2 (a start at sigma_max and a read-out at
-        sigma_min: B = 1 takes two calls)."""
-        if steps is None:
-            steps = self.config.classify.steps or max(self.num_blocks, 2)
-        least = max(self.num_blocks, 2)
-        if steps < least:
-            raise ValueError(f"inference steps={steps}; allowed: an integer >= {least} (the chain starts at "
-                             f"sigma_max, reads out at sigma_min and calls each of the {self.num_blocks} block(s) "
-                             f"at least once)")
-        return steps
-
-    def grid(self, steps: int | None = None) -> np.ndarray:
-        """The chain's levels, sigma_max ... sigma_min: `inference_steps` points of `sampling.grid`."""
-        return level_grid(self.config.sampling.grid, self.inference_steps(steps) - 1, self.law)
+    def configured_steps(self) -> int:
+        return self.config.classify.steps
 
     def chain(self, steps: int, official_table: bool = False):
         """The jitted chain `run(stacked_params, z0, images, key) -> logits` for `steps` calls
@@ -164,7 +142,7 @@ class ImageClassification(ImageTask):
             reader = self.network(params_at(b_next))
             table = reader.label_embed[...].astype(jnp.float32) if official_table else reader.table()
             d = jax.nn.softmax(logits_at(self.network(params_at(b)), z, images, t, b)) @ table
-            return z + (t_next - t) * (z - d) / t  # Euler on the probability-flow ODE
+            return self.euler_step(z, d, t, t_next)
 
         def read_out(params_at, z, images, t, b):
             return logits_at(self.network(params_at(b)), z, images, t, b)
