@@ -28,6 +28,8 @@ from dblocks_jax import runs  # noqa: E402
 from dblocks_jax.evaluation.text_metrics import distinct_n  # noqa: E402
 from dblocks_jax.presets import get_config  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
+# Imported now, not on first use, so that edits made while an experiment runs cannot mix versions.
+from dblocks_jax.tasks import autoregressive_lm_sampling  # noqa: E402,F401
 from dblocks_jax.tasks.autoregressive_lm_eval import continuations, generation_perplexity, prompts, score  # noqa
 from experiments.common import (add_common_arguments, append_record, mean_std, read_json, read_records,  # noqa: E402
                                 results_dir, step_cost, update_json)
@@ -105,12 +107,14 @@ def report(records: list[dict], costs: dict, out: str) -> None:
                 stat = {k: mean_std(e[k] for e in es) for k in ("bpc", "gen_ppl", "distinct_2", "tokens_per_s")}
                 if "ce_at_sigma_max" in es[0]:
                     stat["ce_at_sigma_max"] = mean_std(e["ce_at_sigma_max"] for e in es)
-                    stat["bpc_by_draws"] = {m: mean_std(e["bpc_by_draws"][m] for e in es) for m in es[0]["bpc_by_draws"]}
+                    stat["bpc_by_draws"] = {m: mean_std(e["bpc_by_draws"][m] for e in es)
+                                            for m in es[0]["bpc_by_draws"]}
                 stat["train_seconds"] = mean_std(r["train_seconds"] for r in rs)
                 summary[f"{variant}/{bridge}/steps{steps}"] = {**stat, "seeds": len(rs), **c}
                 rows.append((f"{variant}/{bridge}", stat))
                 fmt = lambda k: f"{stat[k][0]:.3f} ± {stat[k][1]:.3f}" if k in stat else "–"
-                lines.append(f"| {variant} | {bridge} | {len(rs)} | {fmt('bpc')} | {fmt('ce_at_sigma_max')} | {fmt('gen_ppl')} | {fmt('distinct_2')} | "
+                lines.append(f"| {variant} | {bridge} | {len(rs)} | {fmt('bpc')} | {fmt('ce_at_sigma_max')} | "
+                             f"{fmt('gen_ppl')} | {fmt('distinct_2')} | "
                              f"{stat['tokens_per_s'][0]:.0f} | {stat['train_seconds'][0]:.0f} | "
                              f"{c.get('step_peak_bytes', 0) / 2**20:.1f} | {1e3 * c.get('step_seconds', 0):.1f} |")
     held = [r["held_out_gen_ppl"] for r in records if r["variant"] == "ar"]

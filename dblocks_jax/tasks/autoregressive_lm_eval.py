@@ -14,8 +14,8 @@ hits costs tens of bits, and the delta method (var_m p_m / M p_hat^2) would call
 its draws agree). The standard error is therefore taken from the draws themselves: each token's
 estimate from the first and from the second half of the draws, whose squared difference / 4
 estimates the variance of the M-draw estimate; summed over tokens, square-rooted, divided by their
-number. The spread over evaluation seeds is reported beside it. `ce_at_sigma_max` is the first block's read-out at sigma_max, the best single
-predictor of generation quality reported by others.
+number. The spread over evaluation seeds is reported beside it. `ce_at_sigma_max` is the first
+block's read-out at sigma_max, the best single predictor of generation quality reported by others.
 
 Generation. Continuations of held-out prompts (`ar.prompt_len` symbols, `ar.gen_len` new), drawn
 with `ar.temperature` and `ar.top_p`: word distinct-2/3, and with a reference model (`--reference`:
