@@ -65,17 +65,22 @@ def run_sample(args: argparse.Namespace) -> None:
           f"to {args.out}")
 
 
+def _check_text_flags(args: argparse.Namespace, takes: str) -> None:
+    """A language run writes .txt and refuses the image flags, saying what it takes instead."""
+    if not args.out.endswith(".txt"):
+        raise ValueError(f"--out must end in .txt for a text run, got {args.out!r}")
+    unused = [f for f, v in (("--class", args.class_label), ("--guidance", args.guidance), ("--solver", args.solver))
+              if v is not None]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: for image_generation runs; {takes}")
+
+
 def _sample_text(args: argparse.Namespace, overrides: dict) -> None:
     """`sample` for a masked_lm run: one sample per line of --out FILE.txt."""
     from dblocks_jax import runs
 
-    if not args.out.endswith(".txt"):
-        raise ValueError(f"--out must end in .txt for a masked_lm run, got {args.out!r}")
-    unused = [f for f, v in (("--class", args.class_label), ("--guidance", args.guidance), ("--solver", args.solver))
-              if v is not None]
-    if unused:
-        raise ValueError(f"{', '.join(unused)}: for image_generation runs; a masked_lm run samples by ancestral "
-                         f"unmasking (it takes --num-samples, --steps, --grid, --seed)")
+    _check_text_flags(args, "a masked_lm run samples by ancestral unmasking (it takes --num-samples, --steps, "
+                            "--grid, --seed)")
     task, params, _ = runs.load_run(args.workdir, overrides)
     s = task.config.sampling
     samples = task.sample(params, s.num_samples, seed=args.seed or 0, batch_size=args.batch_size)
@@ -93,13 +98,8 @@ def _sample_continuations(args: argparse.Namespace, overrides: dict) -> None:
     from dblocks_jax.tasks.autoregressive_lm_eval import continuations, prompts
     from dblocks_jax.tasks.autoregressive_lm_sampling import prompt_ids
 
-    if not args.out.endswith(".txt"):
-        raise ValueError(f"--out must end in .txt for an autoregressive_lm run, got {args.out!r}")
-    unused = [f for f, v in (("--class", args.class_label), ("--guidance", args.guidance), ("--solver", args.solver))
-              if v is not None]
-    if unused:
-        raise ValueError(f"{', '.join(unused)}: for image_generation runs; an autoregressive_lm run takes --prompt, "
-                         f"--length, --num-samples, --steps (network calls per symbol), --grid, --seed")
+    _check_text_flags(args, "an autoregressive_lm run takes --prompt, --length, --num-samples, --steps (network "
+                            "calls per symbol), --grid, --seed")
     if "sampling.steps" in overrides:  # network calls per generated symbol
         overrides["ar.steps"] = overrides.pop("sampling.steps")
     if args.length is not None:

@@ -57,9 +57,7 @@ class AutoregressiveLM(EmbeddingTarget, TextTask):
     @classmethod
     def validate(cls, config) -> None:
         super().validate(config)
-        require(config.ar.objective == "diffusion" or config.model.num_blocks == 1, "ar.objective",
-                config.ar.objective, f"diffusion with model.num_blocks={config.model.num_blocks} (a plain "
-                                     f"autoregressive model is trained end to end: set model.num_blocks=1)")
+        cls.require_one_block_when_plain(config, "ar.objective", config.ar.objective)
         a, length = config.ar, config.text.seq_len
         require(a.prompt_len + a.gen_len <= length, "ar.gen_len", a.gen_len,
                 f"at most text.seq_len - ar.prompt_len = {length - a.prompt_len} (generation stays inside the "

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from dblocks_jax.engine.chain import level_grid
+from dblocks_jax.engine.settings import require
 from dblocks_jax.engine.solvers import ode_derivative
 
 TABLE_SALT = 0x7AB1E  # folded into the run seed's key: the table every block starts from
@@ -20,6 +21,13 @@ class EmbeddingTarget:
     """Mixin for a `Task` with `plain` (no diffusion: one block, no table) and a table parameter."""
 
     table_param: ClassVar[str]
+
+    @staticmethod
+    def require_one_block_when_plain(config, field: str, objective: str) -> None:
+        """A plain (non-diffusion) objective trains one network end to end: B must be 1."""
+        require(objective == "diffusion" or config.model.num_blocks == 1, field, objective,
+                f"diffusion with model.num_blocks={config.model.num_blocks} (a plain model is trained end to "
+                f"end: set model.num_blocks=1)")
 
     def configured_steps(self) -> int:
         """The config's network calls per chain (0: one per block)."""

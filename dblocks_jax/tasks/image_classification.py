@@ -33,10 +33,10 @@ import optax
 from flax import nnx
 
 from dblocks_jax.engine.chain import make_chain, stack_blocks
-from dblocks_jax.engine.settings import require
 from dblocks_jax.models.vit import ViT
 from dblocks_jax.tasks.embedding_target import EmbeddingTarget
 from dblocks_jax.tasks.image_task import ImageTask, per_example_normal
+
 
 class ImageClassification(EmbeddingTarget, ImageTask):
     name = "image_classification"
@@ -46,9 +46,7 @@ class ImageClassification(EmbeddingTarget, ImageTask):
     @classmethod
     def validate(cls, config) -> None:
         super().validate(config)
-        require(config.classify.objective == "diffusion" or config.model.num_blocks == 1, "classify.objective",
-                config.classify.objective, f"diffusion with model.num_blocks={config.model.num_blocks} (a plain "
-                                           f"classifier is trained end to end: set model.num_blocks=1)")
+        cls.require_one_block_when_plain(config, "classify.objective", config.classify.objective)
 
     def __init__(self, config):
         super().__init__(config)
