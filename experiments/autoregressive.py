@@ -109,7 +109,8 @@ def report(records: list[dict], costs: dict, out: str) -> None:
                     stat["ce_at_sigma_max"] = mean_std(e["ce_at_sigma_max"] for e in es)
                     stat["bpc_by_draws"] = {m: mean_std(e["bpc_by_draws"][m] for e in es)
                                             for m in es[0]["bpc_by_draws"]}
-                stat["train_seconds"] = mean_std(r["train_seconds"] for r in rs)
+                # Resumed runs (trained by an earlier, interrupted invocation) report ~0 s: left out.
+                stat["train_seconds"] = mean_std([r["train_seconds"] for r in rs if r["train_seconds"] > 1] or [0.0])
                 summary[f"{variant}/{bridge}/steps{steps}"] = {**stat, "seeds": len(rs), **c}
                 rows.append((f"{variant}/{bridge}", stat))
                 fmt = lambda k: f"{stat[k][0]:.3f} ± {stat[k][1]:.3f}" if k in stat else "–"
