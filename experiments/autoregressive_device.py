@@ -41,11 +41,10 @@ def main(argv=None) -> dict:
                                                                             "autoregressive_device")))
     args = parser.parse_args(argv)
     base = {"data.dataset": "pydoc", **(TINY if args.tiny else {}), **parse_overrides(args.overrides)}
-    if args.tiny:
-        MODELS["db_B4"] = {"model.num_blocks": 2}
+    models = {**MODELS, "db_B4": {"model.num_blocks": 2}} if args.tiny else MODELS  # 4 tiny layers: B = 2
     record = {"device": str(jax.devices()[0]), "platform": jax.devices()[0].platform, "tiny": args.tiny,
               "data": "pydoc as bytes (lm1b is not on the device machine)", "steps": [], "generation": []}
-    for name, model in MODELS.items():
+    for name, model in models.items():
         for dtype in ("bfloat16", "float32"):
             config = get_config("lm1b_ar", {**base, **model, "model.dtype": dtype})
             settings = bench.BenchSettings(num_blocks=(config.model.num_blocks,), modes=(

@@ -189,7 +189,7 @@ def test_the_monte_carlo_likelihood_averages_probabilities_not_log_probabilities
     other = likelihood(task, params, windows, seed=1, draws=16)
     assert other["nll"] != out["nll"] and abs(other["nll"] - out["nll"]) < 6 * max(out["nll_se"], other["nll_se"])
     assert out["ce_at_sigma_max"] > 0
-    # The delta-method error matches the spread of the estimate over seeds (within sampling error).
+    # The split-half error matches the spread of the estimate over seeds (within sampling error).
     spread = np.std([likelihood(task, params, windows, seed=s, draws=16)["nll"] for s in range(2, 8)], ddof=1)
     assert 0.4 < spread / out["nll_se"] < 2.5, (spread, out["nll_se"])
 

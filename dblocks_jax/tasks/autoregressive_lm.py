@@ -31,13 +31,13 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
 from dblocks_jax.engine.edm import EDM
 from dblocks_jax.engine.settings import require
 from dblocks_jax.models.causal_lm import CausalLM, causal_mask
+from dblocks_jax.models.vit import normalized_rows
 from dblocks_jax.tasks.embedding_target import EmbeddingTarget
 from dblocks_jax.tasks.text_task import TextTask
 
@@ -131,9 +131,7 @@ class AutoregressiveLM(EmbeddingTarget, TextTask):
         if kind == "hard":
             return table_VD[jnp.argmax(logits_NTV, -1)]
         d_NTD = jax.nn.softmax(logits_NTV) @ table_VD
-        if kind == "normalised":
-            d_NTD = d_NTD / jnp.maximum(jnp.linalg.norm(d_NTD, axis=-1, keepdims=True), 1e-12)
-        return d_NTD
+        return normalized_rows(d_NTD) if kind == "normalised" else d_NTD
 
     def write_artifacts(self, workdir: str, block_params: list) -> None:
         """bpc.json (held-out bits per character with run.seed's chain noise) and samples.txt

@@ -122,8 +122,8 @@ def generation_perplexity(reference, reference_params: list, prompts_NP: np.ndar
     """exp(mean cross-entropy per symbol) of the continuations given their prompts, under the
     plain reference model (`reference`: its task)."""
     windows = np.concatenate([prompts_NP, continuations_NG], axis=1)
-    p = prompts_NP.shape[1]
-    logp = [np.asarray(reference.sampler.log_probs(stack_blocks(reference_params), jnp.asarray(windows[s:s + 256]),
+    p, stacked = prompts_NP.shape[1], stack_blocks(reference_params)
+    logp = [np.asarray(reference.sampler.log_probs(stacked, jnp.asarray(windows[s:s + 256]),
                                                    jnp.arange(len(windows[s:s + 256])), jax.random.key(0), 1)[0])
             for s in range(0, len(windows), 256)]
     return float(np.exp(-np.concatenate(logp)[:, p - 1:, 0].mean()))

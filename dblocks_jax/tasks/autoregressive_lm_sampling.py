@@ -147,11 +147,6 @@ class Sampler:
             raise ValueError(f"a prompt of {p} symbols plus {new_tokens} new ones exceeds the trained context "
                              f"text.seq_len={task.config.text.seq_len}; allowed: prompt + new <= "
                              f"{task.config.text.seq_len} (positions beyond it were never trained)")
-        cache_key = ("generate", n, p, new_tokens, steps, bridge)
-        if cache_key not in self._jit:
-            if not task.plain:
-                self.chain(steps, bridge)  # built outside the trace: its grid arrays are constants
-            self._jit[cache_key] = jax.jit(lambda s, x, i, k: self._generate(s, x, i, k, new_tokens, steps, bridge))
         if new_tokens < 1:
             raise ValueError(f"new tokens={new_tokens}; allowed: an integer >= 1")
         if prompts_NP.min() < 0 or prompts_NP.max() >= task.vocab_size:
@@ -160,10 +155,15 @@ class Sampler:
         stacked = stack_blocks(block_params)
         args = (stacked, jnp.asarray(prompts_NP, jnp.int32), jnp.arange(first_id, first_id + n, dtype=jnp.int32),
                 jax.random.fold_in(jax.random.key(seed), GENERATE_SALT))
+        cache_key = ("generate", n, p, new_tokens, steps, bridge)
+        if cache_key not in self._jit:
+            if not task.plain:
+                self.chain(steps, bridge)  # built outside the trace: its grid arrays are constants
+            self._jit[cache_key] = jax.jit(lambda s, x, i, k: self._generate(s, x, i, k, new_tokens, steps, bridge))
+            # Compiled and run once, on first use only, outside the timing: a first execution carries
+            # one-time costs (about 15 ms on the CPU) that would dominate a short generation's time.
+            jax.block_until_ready(self._jit[cache_key](*args))
         fn = self._jit[cache_key]
-        # Compiled and run once outside the timing: a first execution carries one-time costs (about
-        # 15 ms on the CPU) that would dominate a short generation's time.
-        jax.block_until_ready(fn(*args))
         start = time.perf_counter()
         tokens, logits = fn(*args)
         tokens = np.asarray(tokens)
