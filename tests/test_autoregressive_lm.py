@@ -80,6 +80,10 @@ def test_the_kv_cache_reproduces_the_full_pass_token_by_token(db):
     net, t, width = task.network(params[1]), 9, task.config.model.width
     tokens = jnp.asarray(held_out(task)[:3, :t])
     h_full, kv_full = net.clean(tokens, jnp.arange(t))
+    skipped, kv_only = net.clean(tokens, jnp.arange(t), output=False)  # the last layer's keys and values only
+    assert skipped is None
+    for full, only in zip(kv_full, kv_only):
+        np.testing.assert_allclose(only, full, atol=1e-6)
     size = t + 2  # a cache longer than what is filled
     cache = jax.tree.map(lambda a: jnp.zeros(a.shape[:2] + (size,) + a.shape[3:], a.dtype), kv_full)
     for n in range(t):

@@ -71,15 +71,19 @@ class CausalLM(Transformer):
         return jnp.zeros((batch, self.time_mlp2.out_features), jnp.float32)
 
     def clean(self, tokens_BT: jax.Array, positions_T: jax.Array, depth=None, keys_B=None, *,
-              context: tuple | None = None, mask_TS: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+              context: tuple | None = None, mask_TS: jax.Array | None = None,
+              output: bool = True) -> tuple[jax.Array | None, tuple]:
         """The clean stream: (h_BTD, (k, v) of every layer). Without `context` the T tokens attend
         causally among themselves; with a cache `context` (layer-stacked keys and values of S
-        earlier slots) `mask_TS` (T, S + T) says which slots are filled."""
+        earlier slots) `mask_TS` (T, S + T) says which slots are filled. `output=False` (the
+        diffusion objective: only the noisy stream reads the clean one) skips the last layer's
+        attention and MLP, whose output nobody reads, and returns (None, kv)."""
         t = tokens_BT.shape[1]
         x_BTD = self._place(self.embed(tokens_BT), positions_T, keys_B)
         mask = causal_mask(t, 0, t) if context is None else mask_TS
         return self.layers.forward(x_BTD, self._constant_cond(x_BTD.shape[0]), depth, keys_B,
-                                   positions_T=positions_T, context=context, mask_TS=mask, with_kv=True)
+                                   positions_T=positions_T, context=context, mask_TS=mask, with_kv=True,
+                                   last_kv_only=not output)
 
     def _head(self, h_BTD: jax.Array, cond_BD: jax.Array) -> jax.Array:
         shift_BD, scale_BD = jnp.split(self.head_ada(nnx.silu(cond_BD)), 2, axis=-1)

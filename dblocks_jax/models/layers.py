@@ -121,15 +121,9 @@ class AdaLNZeroLayer(nnx.Module):
         rotated). Returns (x', (k_BTHK, v_BTHK)): the output and the tokens' own keys and values."""
         drop1, drop2 = (lambda h: h, lambda h: h) if keys_B is None or not self.dropout_rate else (
             lambda h: dropout(h, self.dropout_rate, keys_B, 1), lambda h: dropout(h, self.dropout_rate, keys_B, 2))
-        shift1_BD, scale1_BD, gate1_BD, shift2_BD, scale2_BD, gate2_BD = jnp.split(
-            self.ada(nnx.silu(cond_BC)), 6, axis=-1)
-        h_BTD = modulate(self.norm1(x_BTD), shift1_BD, scale1_BD)
-        b, length, d = h_BTD.shape
-        qkv_BT3HK = self.qkv(h_BTD).reshape(b, length, 3 * self.num_heads, d // self.num_heads)
-        q_BTHK, k_BTHK, v_BTHK = jnp.split(qkv_BT3HK, 3, axis=2)
-        if self.rope:
-            positions_T = jnp.arange(length) if positions_T is None else positions_T
-            q_BTHK, k_BTHK = rotary(q_BTHK, positions_T), rotary(k_BTHK, positions_T)
+        (q_BTHK, k_BTHK, v_BTHK), (gate1_BD, shift2_BD, scale2_BD, gate2_BD) = self._attention_inputs(
+            x_BTD, cond_BC, positions_T)
+        b, length, d = x_BTD.shape
         keys_BSHK, values_BSHK = (k_BTHK, v_BTHK) if context is None else (
             jnp.concatenate([context[0].astype(k_BTHK.dtype), k_BTHK], 1),
             jnp.concatenate([context[1].astype(v_BTHK.dtype), v_BTHK], 1))
@@ -139,6 +133,24 @@ class AdaLNZeroLayer(nnx.Module):
         h_BTD = modulate(self.norm2(x_BTD), shift2_BD, scale2_BD)
         h_BTF = nnx.gelu(self.fc1(h_BTD), approximate=True)
         return x_BTD + gate2_BD[:, None, :] * drop2(self.fc2(h_BTF)), (k_BTHK, v_BTHK)
+
+    def kv(self, x_BTD: jax.Array, cond_BC: jax.Array, positions_T: jax.Array | None = None) -> tuple:
+        """Only the keys and values `forward` would return: what a cache needs of a layer whose
+        output nobody reads (a causal stream's last layer, when only other tokens attend it)."""
+        return self._attention_inputs(x_BTD, cond_BC, positions_T)[0][1:]
+
+    def _attention_inputs(self, x_BTD, cond_BC, positions_T):
+        """((q, k, v) with RoPE applied, (gate1, shift2, scale2, gate2)) of the attention branch."""
+        shift1_BD, scale1_BD, gate1_BD, shift2_BD, scale2_BD, gate2_BD = jnp.split(
+            self.ada(nnx.silu(cond_BC)), 6, axis=-1)
+        h_BTD = modulate(self.norm1(x_BTD), shift1_BD, scale1_BD)
+        b, length, d = h_BTD.shape
+        qkv_BT3HK = self.qkv(h_BTD).reshape(b, length, 3 * self.num_heads, d // self.num_heads)
+        q_BTHK, k_BTHK, v_BTHK = jnp.split(qkv_BT3HK, 3, axis=2)
+        if self.rope:
+            positions_T = jnp.arange(length) if positions_T is None else positions_T
+            q_BTHK, k_BTHK = rotary(q_BTHK, positions_T), rotary(k_BTHK, positions_T)
+        return (q_BTHK, k_BTHK, v_BTHK), (gate1_BD, shift2_BD, scale2_BD, gate2_BD)
 
 
 class LayerStack(nnx.Module):
@@ -173,10 +185,13 @@ class LayerStack(nnx.Module):
 
     def forward(self, x_BTD: jax.Array, cond_BC: jax.Array, depth: jax.Array | None = None,
                 keys_B: jax.Array | None = None, *, positions_T: jax.Array | None = None,
-                context: tuple | None = None, mask_TS: jax.Array | None = None, with_kv: bool = False):
+                context: tuple | None = None, mask_TS: jax.Array | None = None, with_kv: bool = False,
+                last_kv_only: bool = False):
         """`__call__` with `AdaLNZeroLayer.forward`'s attention options; `context` holds every
         layer's keys and values stacked on a leading layer axis, (k_NBSHK, v_NBSHK). With `with_kv`
-        returns (x', (k_NBTHK, v_NBTHK)), every layer's keys and values of these tokens (a cache)."""
+        returns (x', (k_NBTHK, v_NBTHK)), every layer's keys and values of these tokens (a cache).
+        `last_kv_only` (with `with_kv`) computes only the last layer's keys and values, not its
+        attention and MLP, and returns (None, kv): for a stream whose output nobody reads."""
         graphdef, state = nnx.split(self.layers)
 
         # A pure function of one layer's (sliced) state: merging inside the scan body builds the
@@ -203,13 +218,22 @@ class LayerStack(nnx.Module):
                 out = jax.lax.cond(index < depth, run, skip, layer_state, h_BTD, index, layer_context)
             return (out[0], out[1]) if with_kv else (out, None)
 
+        full = self.num_layers - 1 if last_kv_only else self.num_layers  # layers run whole
         indices = jnp.arange(self.num_layers, dtype=jnp.int32)
+        layer = lambda tree, i: None if tree is None else jax.tree.map(lambda a: a[i], tree)
         if not self.scan:
             kvs = []
-            for i in range(self.num_layers):
-                layer_context = None if context is None else jax.tree.map(lambda a, i=i: a[i], context)
-                x_BTD, kv = body(x_BTD, (jax.tree.map(lambda a, i=i: a[i], state), indices[i], layer_context))
+            for i in range(full):
+                x_BTD, kv = body(x_BTD, (layer(state, i), indices[i], layer(context, i)))
                 kvs.append(kv)
-            return (x_BTD, jax.tree.map(lambda *a: jnp.stack(a), *kvs)) if with_kv else x_BTD
-        out_BTD, kv = jax.lax.scan(body, x_BTD, (state, indices, context), length=self.num_layers)
-        return (out_BTD, kv) if with_kv else out_BTD
+            kv = jax.tree.map(lambda *a: jnp.stack(a), *kvs) if kvs else None
+        else:
+            head = lambda tree: None if tree is None else jax.tree.map(lambda a: a[:full], tree)
+            x_BTD, kv = jax.lax.scan(body, x_BTD, (head(state), indices[:full], head(context)), length=full)
+        if not with_kv:
+            return x_BTD
+        if last_kv_only:
+            last_kv = nnx.merge(graphdef, layer(state, full)).kv(x_BTD, cond_BC, positions_T)
+            last_kv = jax.tree.map(lambda a: a[None], last_kv)
+            return None, last_kv if full == 0 else jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kv, last_kv)
+        return x_BTD, kv

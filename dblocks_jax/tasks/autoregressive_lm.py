@@ -109,7 +109,7 @@ class AutoregressiveLM(EmbeddingTarget, TextTask):
         net = self.network(params)
         inputs_BT, targets_BT = tokens_BL[:, :-1], tokens_BL[:, 1:]
         t = inputs_BT.shape[1]
-        h_BTD, context = net.clean(inputs_BT, jnp.arange(t), depth, keys)
+        h_BTD, context = net.clean(inputs_BT, jnp.arange(t), depth, keys, output=self.plain)
         if self.plain:
             return optax.softmax_cross_entropy_with_integer_labels(net.plain_logits(h_BTD), targets_BT).mean(-1)
         sigma_B = draw["sigma"]

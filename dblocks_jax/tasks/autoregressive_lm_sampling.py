@@ -57,12 +57,13 @@ class Sampler:
     # -- pieces -------------------------------------------------------------------------------------
 
     def contexts(self, stacked, tokens_NT: jax.Array, positions_T: jax.Array, cache=None, mask_TS=None):
-        """Every block's clean stream over `tokens_NT`: (h (blocks, N, T, D), kv (blocks, ...))."""
+        """Every block's clean stream over `tokens_NT`: (h (blocks, N, T, D), kv (blocks, ...)); h is
+        None for the diffusion objective."""
         task = self.task
 
-        def one(params, b, block_cache):
+        def one(params, b, block_cache):  # h only for the plain model (the diffusion blocks read kv alone)
             return task.network(params).clean(tokens_NT, positions_T, task.block_depth(b), context=block_cache,
-                                              mask_TS=mask_TS)
+                                              mask_TS=mask_TS, output=task.plain)
 
         return jax.vmap(one)(stacked, jnp.arange(task.num_blocks), cache)
 
@@ -197,9 +198,10 @@ class Sampler:
             h_new, kv_new = self.contexts(stacked, token_N[:, None], position[None], cache, mask)
             cache = jax.tree.map(lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), position, 3),
                                  cache, kv_new)
-            return (cache, h_new[0, :, 0]), (token_N, logits_NV)
+            return (cache, None if h_new is None else h_new[0, :, 0]), (token_N, logits_NV)
 
-        _, (tokens_GN, logits_GNV) = jax.lax.scan(body, (cache, h[0, :, -1]), jnp.arange(new_tokens))
+        h_last = None if h is None else h[0, :, -1]
+        _, (tokens_GN, logits_GNV) = jax.lax.scan(body, (cache, h_last), jnp.arange(new_tokens))
         return tokens_GN.T, jnp.swapaxes(logits_GNV, 0, 1)
 
 
