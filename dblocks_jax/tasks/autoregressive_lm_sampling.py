@@ -88,15 +88,12 @@ class Sampler:
                                 key[1])
             return task.euler_step(z_NTD, d_NTD, t, t_next)
 
-        def read_out(params_at, z_NTD, cond, t, b):
-            return logits_at(params_at, z_NTD, cond, t, b)
-
-        run = self._chains[key] = make_chain(step, read_out, task.partition, grid)
+        run = self._chains[key] = make_chain(step, logits_at, task.partition, grid)  # read-out: the logits
         return run
 
     def start_noise(self, keys_N: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         """The chain's starting states sigma_max eps (N, *shape), one key per example."""
-        return self.task.law.level_max * jax.vmap(lambda k: jax.random.normal(k, shape))(keys_N)
+        return self.task.edm.sigma_max * jax.vmap(lambda k: jax.random.normal(k, shape))(keys_N)
 
     # -- teacher-forced scoring -----------------------------------------------------------------------
 
@@ -121,7 +118,7 @@ class Sampler:
         if task.plain:
             return true(task.network(block_slice(stacked, 0)).plain_logits(h[0]))[..., None], jnp.zeros((0,))
         cond = {"kv": kv, "mask": causal_mask(t, 0, t), "positions": jnp.arange(1, t + 1)}
-        run, width, sigma_max = self.chain(steps, bridge), task.config.model.width, task.law.level_max
+        run, width, sigma_max = self.chain(steps, bridge), task.config.model.width, task.edm.sigma_max
 
         def start(m):  # the draw's starting noise: one key per (window, draw)
             return self.start_noise(example_keys(jax.random.fold_in(key, m), ids_N, 0), (t, width))
