@@ -64,24 +64,28 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument("--class", dest="class_label", type=int,
                     help="draw every sample of this class (default: a balanced grid over the classes)")
     sa.add_argument("--batch-size", type=int, default=256, help="samples drawn at once (any --num-samples fits)")
-    sa.add_argument("--prompt", help="autoregressive_lm: the text to continue (default: held-out prompts)")
-    sa.add_argument("--length", type=int, help="autoregressive_lm: symbols to generate (default: ar.gen_len)")
+    sa.add_argument("--prompt", help="autoregressive_lm, recurrent_lm: the text to continue (default: held-out "
+                                     "prompts)")
+    sa.add_argument("--length", type=int, help="autoregressive_lm, recurrent_lm: symbols to generate (default: "
+                                               "ar.gen_len)")
     sa.add_argument("--out", required=True, help="FILE.png (image grid), FILE.npz (images, labels) or FILE.npy "
-                                                 "(images, written batch by batch); masked_lm, autoregressive_lm: "
-                                                 "FILE.txt (a sample per line)")
+                                                 "(images, written batch by batch); language tasks: FILE.txt (a "
+                                                 "sample per line)")
 
     ev = sub.add_parser("evaluate", parents=[common],
                         help="score a trained run over several seeds: generation (Frechet distance in classifier "
                              "features, conditional accuracy, FID for tfds datasets), classification (accuracy, "
-                             "ECE, NLL on the held-out split), masked_lm (bits per character, per block; samples) or "
-                             "autoregressive_lm (bits per character, gen-PPL, distinct-n, tokens/s)")
+                             "ECE, NLL on the held-out split), masked_lm (bits per character, per block; samples), "
+                             "autoregressive_lm (bits per character, gen-PPL, distinct-n, tokens/s) or recurrent_lm "
+                             "(bits per character against test-time depth K, training FLOPs, generations)")
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--seeds", default="0,1,2", help="comma-separated sampling (or chain) seeds")
     ev.add_argument("--num-samples", type=int, help="generation: samples per seed (default: the held-out split's "
                                                     "size); masked_lm: text samples (default: sampling.num_samples)")
     ev.add_argument("--steps", help="generation and masked_lm: sampling.steps; classification: network calls of "
                                     "the chain, comma-separated to compare several, e.g. 3,6,12 (default: "
-                                    "classify.steps)")
+                                    "classify.steps); recurrent_lm: core iterations K, comma-separated (default: "
+                                    "1,2,4,8,16,32)")
     ev.add_argument("--guidance", type=float, help="generation: sampling.guidance")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="a sampling-role field, e.g. --set classify.official_table=true")
@@ -89,10 +93,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="generation: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or an .npz with its keys): "
                          "adds the standard FID (InceptionV3). tfds: datasets default to $DBLOCKS_INCEPTION_WEIGHTS; "
                          "bundled datasets only with this flag")
-    ev.add_argument("--mc", type=int, help="autoregressive_lm: chain starting noises per symbol for the Monte-Carlo "
-                                           "likelihood (default: ar.mc_draws)")
+    ev.add_argument("--mc", type=int, help="autoregressive_lm, recurrent_lm: chain starting noises per symbol for the "
+                                           "Monte-Carlo likelihood (default: ar.mc_draws, recurrent.mc_draws)")
     ev.add_argument("--reference", metavar="WORKDIR",
-                    help="autoregressive_lm: a plain autoregressive run (same vocabulary) that scores the "
+                    help="autoregressive_lm, recurrent_lm: a plain autoregressive run (same vocabulary) that scores the "
                          "generations (gen-PPL, MAUVE features) and whose generation speed is reported beside")
     ev.add_argument("--untrained", action="store_true",
                     help="score freshly initialised blocks of the run's config (the baseline to beat)")
@@ -210,6 +214,11 @@ def run_train(args: argparse.Namespace) -> None:
     elif os.path.exists(bpc):
         with open(bpc) as f:
             scores = json.load(f)
+        if "bpc_by_steps" in scores:  # recurrent_lm
+            by_k = ", ".join(f"K={k}: {v['bpc']['mean']:.4f}" for k, v in scores["bpc_by_steps"].items())
+            print(f"held-out bits per character ({scores['method']}) {by_k} -> {bpc}; samples: "
+                  f"{os.path.join(workdir, 'samples.txt')}")
+            return
         shares = " + ".join(f"{s['mean']:.3f}" for s in scores.get("bpc_per_block", ()))
         detail = f"blocks: {shares}" if shares else (
             f"{scores['mc_draws']} chain draws per symbol, +/- {scores['bpc_mc_se']:.4f}; "

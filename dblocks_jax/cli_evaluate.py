@@ -1,7 +1,8 @@
 """The `dblocks evaluate` command: scores a run with its task's evaluation (generation: Frechet
 distance, conditional accuracy, FID; classification: accuracy, ECE, NLL against inference steps;
 masked_lm: bits per character and each block's share, samples; autoregressive_lm: bits per character
-from the Monte-Carlo predictive, generation quality and speed) and writes them as JSON."""
+from the Monte-Carlo predictive, generation quality and speed; recurrent_lm: bits per character
+against test-time depth, training FLOPs, generations) and writes them as JSON."""
 
 from __future__ import annotations
 
@@ -27,14 +28,17 @@ def run_evaluate(args: argparse.Namespace) -> None:
     overrides = sampling_overrides(argparse.Namespace(overrides=args.overrides))
     task = read_run_config(args.workdir).task
     foreign = [flag for flag, value in (("--mc", args.mc), ("--reference", args.reference)) if value is not None]
-    if foreign and task != "autoregressive_lm":
-        raise ValueError(f"{', '.join(foreign)}: for autoregressive_lm runs; {args.workdir} is a {task} run")
+    if foreign and task not in ("autoregressive_lm", "recurrent_lm"):
+        raise ValueError(f"{', '.join(foreign)}: for autoregressive_lm and recurrent_lm runs; {args.workdir} is a "
+                         f"{task} run")
     if task == "image_classification":
         result = _evaluate_classification(args, path, seeds, steps, overrides)
     elif task == "masked_lm":
         result = _evaluate_language(args, seeds, steps, overrides)
     elif task == "autoregressive_lm":
         result = _evaluate_autoregressive(args, seeds, steps, overrides)
+    elif task == "recurrent_lm":
+        result = _evaluate_recurrent(args, seeds, steps, overrides)
     else:
         if len(steps) > 1:
             raise ValueError(f"--steps {args.steps}: one value for task {task} (several are for classification)")
@@ -117,6 +121,38 @@ def _evaluate_autoregressive(args, seeds, steps, overrides) -> dict:
         print(f"gen-PPL under the reference {result['gen_ppl']:.3f} (held-out continuations "
               f"{result['held_out_gen_ppl']:.3f}, the reference's own {result['reference_gen_ppl']:.3f}); reference "
               f"generation {result['reference_tokens_per_s']:.0f} symbols/s; MAUVE {mauve}")
+    for sample in result["samples"][:4]:
+        print(f"  {sample}")
+    return result
+
+
+def _evaluate_recurrent(args, seeds, steps, overrides) -> dict:
+    from dblocks_jax.tasks.recurrent_lm_eval import STEPS, evaluate_run
+
+    unused = [flag for flag, value in (("--guidance", args.guidance), ("--inception-weights", args.inception_weights))
+              if value is not None]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: not for a recurrent_lm run ({args.workdir} takes --steps K1,K2,..., "
+                         f"--seeds, --mc, --reference, --num-samples and sampling-role --set fields)")
+    if args.mc is not None:
+        if args.mc < 1:
+            raise ValueError(f"--mc {args.mc}; allowed: an integer >= 1")
+        overrides["recurrent.mc_draws"] = args.mc
+    if steps != (None,) and min(steps) < 1:
+        raise ValueError(f"--steps {args.steps}; allowed: integers >= 1 (core iterations)")
+    result = evaluate_run(args.workdir, seeds=seeds, steps=STEPS if steps == (None,) else steps, overrides=overrides,
+                          untrained=args.untrained, num_samples=args.num_samples, reference=args.reference)
+    fmt = lambda s: f"{s['mean']:.4f} +/- {s['std']:.4f}"
+    for k, r in result["bpc_by_steps"].items():
+        how = "" if r["draws"] == 1 else f" ({r['draws']} chain draws; one draw {fmt(r['bpc_one_draw'])})"
+        print(f"K = {k:>3}: held-out {fmt(r['bpc'])} bits per character{how}")
+    f = result["training_flops"]
+    print(f"training FLOPs per step ({result['method']}): {f['step']:.3e} (of which {f['free_iterations']:.1f} "
+          f"iterations without gradient, {f['iteration']:.3e} each)")
+    ppl = "" if result["gen_ppl"] is None else f"; gen-PPL under the reference {result['gen_ppl']:.3f} " \
+                                               f"(held-out continuations {result['held_out_gen_ppl']:.3f})"
+    print(f"generation at K = {result['sample_steps']}: {result['tokens_per_s']:.0f} symbols/s, distinct-2 "
+          f"{result['distinct_2']:.3f} (held-out {result['held_out_distinct_2']:.3f}){ppl}")
     for sample in result["samples"][:4]:
         print(f"  {sample}")
     return result

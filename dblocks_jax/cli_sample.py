@@ -1,6 +1,6 @@
 """The `dblocks sample` command: draws from a trained run, as images (image_generation: a PNG
 grid, an .npz, or an .npy written batch by batch) or as text (masked_lm: one sample per line;
-autoregressive_lm: continuations of a prompt, or of held-out prompts)."""
+autoregressive_lm and recurrent_lm: continuations of a prompt, or of held-out prompts)."""
 
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ def run_sample(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size {args.batch_size}; allowed: an integer >= 1")
     overrides = sampling_overrides(args)
     task_name = runs.read_run_config(args.workdir).task
-    if task_name == "autoregressive_lm":
-        return _sample_continuations(args, overrides)
+    if task_name in ("autoregressive_lm", "recurrent_lm"):
+        return _sample_continuations(args, overrides, task_name)
     if args.prompt is not None or args.length is not None:
-        raise ValueError(f"--prompt and --length are for autoregressive_lm runs; {args.workdir[0]} holds a "
-                         f"{task_name} run")
+        raise ValueError(f"--prompt and --length are for autoregressive_lm and recurrent_lm runs; {args.workdir[0]} "
+                         f"holds a {task_name} run")
     if task_name == "masked_lm":
         return _sample_text(args, overrides)
     if task_name != "image_generation":
@@ -89,19 +89,22 @@ def _sample_text(args: argparse.Namespace, overrides: dict) -> None:
     print(f"wrote {s.num_samples} samples ({s.steps} unmasking steps, {s.grid} grid) to {args.out}")
 
 
-def _sample_continuations(args: argparse.Namespace, overrides: dict) -> None:
-    """`sample` for an autoregressive_lm run: --num-samples continuations of --prompt (or of as
-    many held-out prompts), one per line of --out FILE.txt, printed too."""
+def _sample_continuations(args: argparse.Namespace, overrides: dict, task_name: str) -> None:
+    """`sample` for an autoregressive_lm or recurrent_lm run: --num-samples continuations of --prompt
+    (or of as many held-out prompts), one per line of --out FILE.txt, printed too."""
     import numpy as np
 
     from dblocks_jax import runs
+    from dblocks_jax.tasks import recurrent_lm_eval
     from dblocks_jax.tasks.autoregressive_lm_eval import continuations, prompts
     from dblocks_jax.tasks.autoregressive_lm_sampling import prompt_ids
 
-    _check_text_flags(args, "an autoregressive_lm run takes --prompt, --length, --num-samples, --steps (network "
-                            "calls per symbol), --grid, --seed")
-    if "sampling.steps" in overrides:  # network calls per generated symbol
-        overrides["ar.steps"] = overrides.pop("sampling.steps")
+    recurrent = task_name == "recurrent_lm"
+    steps_are = "core iterations K" if recurrent else "network calls per symbol"
+    _check_text_flags(args, f"a {task_name} run takes --prompt, --length, --num-samples, --steps ({steps_are}), "
+                            f"--grid, --seed")
+    if "sampling.steps" in overrides:
+        overrides["recurrent.steps" if recurrent else "ar.steps"] = overrides.pop("sampling.steps")
     if args.length is not None:
         if args.length < 1:
             raise ValueError(f"--length {args.length}; allowed: an integer >= 1")
@@ -115,14 +118,21 @@ def _sample_continuations(args: argparse.Namespace, overrides: dict) -> None:
         if note:
             print(note)
         prompts_NP = np.tile(ids, (count, 1))
-    out = continuations(task, params, count, seed=args.seed or 0, prompts_NP=prompts_NP)
+    if recurrent:
+        k = task.config.recurrent.steps
+        out = recurrent_lm_eval.continuations(task, params[0], count, k, seed=args.seed or 0, prompts_NP=prompts_NP)
+    else:
+        out = continuations(task, params, count, seed=args.seed or 0, prompts_NP=prompts_NP)
     lines = [f"{p}|{c}" for p, c in zip(out["prompts"], out["continuations"])]
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     for line in lines[:8]:
         print(f"  {line}")
     a = task.config.ar
-    how = "plain next-token model" if task.plain else f"{task.inference_steps()} network calls per symbol, " \
-                                                       f"{a.bridge} bridge"
+    if recurrent:
+        how = f"{task.config.recurrent.method}, K = {task.config.recurrent.steps} core iterations per symbol"
+    else:
+        how = "plain next-token model" if task.plain else f"{task.inference_steps()} network calls per symbol, " \
+                                                           f"{a.bridge} bridge"
     print(f"wrote {count} continuations of {a.gen_len} symbols ({how}; temperature {a.temperature}, top-p "
           f"{a.top_p}; {out['tokens_per_s']:.0f} symbols/s) to {args.out}")

@@ -22,13 +22,16 @@ from dblocks_jax.engine.settings import (ASSEMBLY, FREE, IDENTITY, SAMPLING, Opt
 
 FORMAT = 2  # of config.json; 1 was the flat config of dblocks-jax 0.1
 DTYPES = ("float32", "bfloat16")
-TASKS = ("image_generation", "image_classification", "masked_lm", "autoregressive_lm")
+TASKS = ("image_generation", "image_classification", "masked_lm", "autoregressive_lm", "recurrent_lm")
 # The network family each task builds.
 FAMILIES = {"image_generation": "dit", "image_classification": "vit", "masked_lm": "transformer",
-            "autoregressive_lm": "transformer"}
+            "autoregressive_lm": "transformer", "recurrent_lm": "transformer"}
 POSITIONS = ("learned", "rope")
 OBJECTIVES = ("diffusion", "plain")
 BRIDGES = ("soft", "normalised", "hard")
+RECURRENT_METHODS = ("diffusion", "huginn")
+RECURRENT_TARGETS = ("token", "prelude")
+RECURRENT_WEIGHTINGS = ("edm", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +62,7 @@ class ModelConfig(Section):
 
     _path = "model"
     family: str = setting("dit", ASSEMBLY, "network family of a block: dit (image_generation), vit "
-                                           "(image_classification), transformer (masked_lm, autoregressive_lm)")
+                                           "(image_classification), transformer (the language tasks)")
     num_layers: int = setting(8, ASSEMBLY)
     num_blocks: int = setting(4, ASSEMBLY, "B (1: end-to-end)")
     layer_split: str = setting("", ASSEMBLY, "layers per block, e.g. 3,6,3; empty: equal blocks")
@@ -220,6 +223,42 @@ class ARConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class RecurrentConfig(Section):
+    """The recurrent-depth LM (paper Table 5, DESIGN sec. 12): prelude, a core iterated K times,
+    coda. `method`: "huginn" trains with K ~ Poisson-log-normal iterations from noise and
+    backpropagates through the last `backprop_steps`; "diffusion" (DiffusionBlocks, B = 1) trains
+    one core pass on a noisy target state. Generation reads `ar.temperature/top_p/prompt_len/gen_len`."""
+
+    _path = "recurrent"
+    method: str = setting("diffusion", ASSEMBLY, ", ".join(RECURRENT_METHODS))
+    prelude: int = setting(2, ASSEMBLY, "prelude layers")
+    core: int = setting(4, ASSEMBLY, "core layers (iterated)")
+    coda: int = setting(2, ASSEMBLY, "coda layers")
+    target: str = setting("token", ASSEMBLY, "diffusion's clean state: token (the next token's row of a learned "
+                                             "table) or prelude (the prelude's output at the next position, without "
+                                             "gradient); both normalised to RMS noise.sigma_data")
+    weighting: str = setting("edm", IDENTITY, "diffusion: the cross-entropy's weight over sigma, edm (lambda(sigma), "
+                                              "Karras et al. eq. 8) or none")
+    mean_steps: float = setting(32.0, IDENTITY, "huginn: mean of the training iterations K")
+    steps_sigma: float = setting(0.5, IDENTITY, "huginn: std of log-rate of K's Poisson-log-normal law")
+    backprop_steps: int = setting(8, IDENTITY, "huginn: iterations backpropagated through (the last ones)")
+    state_std: float = setting(0.63, IDENTITY, "huginn: std of the starting state s_0")
+    steps: int = setting(32, SAMPLING, "core iterations at inference (K; diffusion: network calls of the chain)")
+    mc_draws: int = setting(8, SAMPLING, "diffusion: chain draws averaged into the predictive likelihood (K >= 2)")
+
+    def check(self):
+        require(self.method in RECURRENT_METHODS, self.field("method"), self.method, ", ".join(RECURRENT_METHODS))
+        require(self.target in RECURRENT_TARGETS, self.field("target"), self.target, ", ".join(RECURRENT_TARGETS))
+        require(self.weighting in RECURRENT_WEIGHTINGS, self.field("weighting"), self.weighting,
+                ", ".join(RECURRENT_WEIGHTINGS))
+        for name in ("prelude", "core", "coda", "backprop_steps", "steps", "mc_draws"):
+            require(getattr(self, name) >= 1, self.field(name), getattr(self, name), "an integer >= 1")
+        require(self.mean_steps >= 2, self.field("mean_steps"), self.mean_steps, "a number >= 2 (K = 1 + Poisson)")
+        require(self.steps_sigma > 0, self.field("steps_sigma"), self.steps_sigma, "a number > 0")
+        require(self.state_std > 0, self.field("state_std"), self.state_std, "a number > 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config(Section):
     """Everything that defines a run. `replace` takes dotted paths: `config.replace(**{"optim.steps": 3})`
     or `config.override({"optim.steps": 3})`."""
@@ -231,6 +270,7 @@ class Config(Section):
     classify: ClassifyConfig = section(ClassifyConfig)
     text: TextConfig = section(TextConfig)
     ar: ARConfig = section(ARConfig)
+    recurrent: RecurrentConfig = section(RecurrentConfig)
     partition: PartitionConfig = section(PartitionConfig)
     optim: OptimConfig = section(OptimConfig)
     schedule: ScheduleConfig = section(ScheduleConfig)

@@ -53,6 +53,12 @@ _MD4 = {"task": "masked_lm", "model.family": "transformer", "model.num_layers": 
 _AR = {"task": "autoregressive_lm", "model.family": "transformer", "model.num_layers": 12, "model.num_blocks": 4,
        "partition.overlap": 0.1, "optim.ema_decay": 0.0, "model.positions": "rope"}
 
+# Recurrent depth (DESIGN sec. 12): the paper's Table 5 model is Huginn's layout at hidden 512, 8 heads,
+# prelude/core/coda 2/4/2 layers on LM1B. The CPU preset keeps the layout at width 64 and the AR
+# presets' data, so that a plain autoregressive run of pydoc_ar can score its generations.
+_RECURRENT = {"task": "recurrent_lm", "model.family": "transformer", "model.num_layers": 8, "model.num_blocks": 1,
+              "model.positions": "rope", "optim.ema_decay": 0.0}
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("shapes", "tiny DiT, B = 4, on the embedded shapes dataset: trains on a 2-core CPU in minutes", {}),
     Preset("cifar10_dit_s", "the paper's DiT-S/2 CIFAR-10 setting (12 layers, width 384, B = 3), for GPU/TPU", {
@@ -86,6 +92,19 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         **_AR, "data.dataset": "pydoc", "data.batch_size": 32, "text.seq_len": 64, "model.width": 64,
         "model.num_heads": 4, "optim.learning_rate": 2e-3, "optim.warmup_steps": 100, "optim.steps": 600,
         "text.eval_sequences": 256, "sampling.num_samples": 8, "run.log_every": 50}),
+    Preset("pydoc_recurrent", "recurrent-depth LM (prelude 2, core 4 iterated, coda 2) trained with DiffusionBlocks "
+                              "(B = 1) on Python's bundled pydoc text: a 2-core CPU, minutes (--set "
+                              "recurrent.method=huginn: the Huginn baseline)", {
+        **_RECURRENT, "data.dataset": "pydoc", "data.batch_size": 32, "text.seq_len": 64, "model.width": 64,
+        "model.num_heads": 4, "optim.learning_rate": 2e-3, "optim.warmup_steps": 100, "optim.steps": 1200,
+        "text.eval_sequences": 256, "sampling.num_samples": 8, "run.log_every": 50}),
+    Preset("lm1b_recurrent", "the paper's Table 5 setting: hidden 512, 8 heads, prelude/core/coda 2/4/2 on tfds:lm1b "
+                             "(bytes), for GPU/TPU", {
+        **_RECURRENT, "data.dataset": "tfds:lm1b", "text.vocabulary": "bytes", "data.batch_size": 256,
+        "text.seq_len": 256, "model.width": 512, "model.num_heads": 8, "optim.learning_rate": 3e-4,
+        "optim.warmup_steps": 2500, "optim.steps": 250_000, "ar.gen_len": 128, "ar.prompt_len": 32,
+        "sampling.num_samples": 64, "text.eval_sequences": 2048, "run.log_every": 100,
+        "run.checkpoint_every": 10_000}),
     Preset("lm1b_ar", "the paper's Table 4 setting: 12 layers, width 768, 12 heads, seq 256, B = 4 on tfds:lm1b "
                       "(bytes), for GPU/TPU", {
         **_AR, "data.dataset": "tfds:lm1b", "text.vocabulary": "bytes", "data.batch_size": 256,

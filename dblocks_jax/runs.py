@@ -21,11 +21,14 @@ def train(config: Config, workdir: str | None = None, **kwargs: Any) -> TrainRes
 
 def default_workdir(config: Config) -> str:
     """runs/<data>_B<B>_<schedule>_seed<seed>; a file source is named by its file (textfile:a/b.txt -> textfile_b).
-    Autoregressive runs add _ar (or _ar_plain), so that they never meet a masked LM's run on the same text."""
+    Autoregressive runs add _ar (or _ar_plain), recurrent-depth ones _recurrent_<method>, so that they never meet
+    a masked LM's run on the same text."""
     kind, sep, rest = config.data.dataset.partition(":")
     name = f"{kind}_{os.path.splitext(os.path.basename(rest))[0]}" if sep else kind
     if config.task == "autoregressive_lm":
         name += "_ar_plain" if config.ar.objective == "plain" else "_ar"
+    if config.task == "recurrent_lm":
+        name += f"_recurrent_{config.recurrent.method}"
     return os.path.join("runs", f"{name}_B{config.model.num_blocks}_{config.schedule.name}_seed{config.run.seed}")
 
 

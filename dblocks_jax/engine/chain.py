@@ -76,10 +76,11 @@ def block_slice(stacked_params: Any, b) -> Any:
 def make_chain(step: Callable, read_out: Callable, partition: BlockPartition, grid: np.ndarray,
                keep_path: bool = False) -> Callable:
     """A jitted `run(stacked_params, z0, cond, key) -> output` over the descending `grid`; with
-    `keep_path`, `-> (output, path)` where path[i] is the state after step i (K states)."""
+    `keep_path`, `-> (output, path)` where path[i] is the state after step i (K states). A grid of
+    one level is the read-out alone, at that level (a one-call chain)."""
     grid = np.asarray(grid, np.float64)
-    if grid.ndim != 1 or len(grid) < 2 or not np.all(np.diff(grid) < 0):
-        raise ValueError("the chain's grid must descend and hold at least two levels")
+    if grid.ndim != 1 or len(grid) < 1 or not np.all(np.diff(grid) < 0):
+        raise ValueError("the chain's grid must descend and hold at least one level")
     owner = partition.block_of(grid)
     xs = (jnp.arange(len(grid) - 1, dtype=jnp.int32), jnp.asarray(grid[:-1], jnp.float32),
           jnp.asarray(grid[1:], jnp.float32), jnp.asarray(owner[:-1]), jnp.asarray(owner[1:]))

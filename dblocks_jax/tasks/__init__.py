@@ -21,8 +21,12 @@ def task_class(name: str) -> type:
         from dblocks_jax.tasks.autoregressive_lm import AutoregressiveLM
 
         return AutoregressiveLM
+    if name == "recurrent_lm":
+        from dblocks_jax.tasks.recurrent_lm import RecurrentLM
+
+        return RecurrentLM
     raise ValueError(f"unknown task {name!r}; allowed: image_generation, image_classification, masked_lm, "
-                     f"autoregressive_lm")
+                     f"autoregressive_lm, recurrent_lm")
 
 
 def make_task(config):

@@ -156,7 +156,7 @@ def load_reference(workdir: str, task, overrides: dict | None = None):
 
     reference, params, _ = runs.load_run(workdir, overrides)
     a, need = task.config.ar, task.config.ar.prompt_len + task.config.ar.gen_len
-    problems = [f"its task is {reference.config.task}" if reference.config.task != task.config.task else
+    problems = [f"its task is {reference.config.task}" if reference.config.task != "autoregressive_lm" else
                 f"its ar.objective is {reference.config.ar.objective}" if not reference.plain else "",
                 f"its vocabulary is {reference.config.text.vocabulary}, this run's {task.config.text.vocabulary}"
                 if reference.config.text.vocabulary != task.config.text.vocabulary else "",

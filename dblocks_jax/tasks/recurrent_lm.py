@@ -1,0 +1,237 @@
+"""Recurrent-depth language model (paper sec. 4.5, Table 5; DESIGN sec. 12): a prelude, one core
+iterated K times, a coda (`models.recurrent_lm`), trained two ways from the same code.
+
+`recurrent.method = "huginn"` (the baseline, Geiping et al. 2025): each step draws
+K = 1 + Poisson(exp(tau)), tau ~ N(ln(mean - 1) - s^2/2, s^2) (Huginn's Poisson-log-normal law;
+E[K] = `mean_steps`), starts the state from N(0, state_std^2), runs K - k iterations without
+gradient and the last k = min(K, `backprop_steps`) with it (truncated backpropagation), and trains
+next-token cross-entropy on the coda's read of s_K.
+
+`recurrent.method = "diffusion"` (DiffusionBlocks with B = 1): each step runs the core *once*, as
+EDM's denoiser of a noisy clean state z = y + sigma eps with sigma from EDM's log-normal law, and
+trains CE(coda(D(z, sigma)), next token) lambda(sigma) (lambda: EDM's weight, as the other
+embedding-target tasks). What the clean state y is, the paper leaves implicit
+(docs/architecture.md, "The recurrent-depth task"); `recurrent.target`:
+- `token`: the next token's row of a learned table, L2-normalised;
+- `prelude`: the prelude's own output at the next position (it has read the next token and its
+  context), without gradient, normalised the same way.
+Both are scaled to norm sigma_data sqrt(width) (per-coordinate RMS sigma_data, the data scale
+EDM's preconditioning and level law are built for).
+
+Inference, both methods: K core calls from noise at test time (`predict`): Huginn's K iterations,
+or DiffusionBlocks' chain of K levels sigma_max ... sigma_min on the engine's `make_chain` (an
+Euler step towards D at each level but the last, whose D the coda reads; K = 1: one call at
+sigma_max).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dblocks_jax.engine.chain import level_grid, make_chain
+from dblocks_jax.engine.edm import EDM
+from dblocks_jax.engine.settings import require
+from dblocks_jax.engine.solvers import ode_derivative
+from dblocks_jax.models.recurrent_lm import RecurrentLM as Network
+from dblocks_jax.models.vit import normalized_rows
+from dblocks_jax.tasks.text_task import TextTask
+
+
+def poisson_lognormal_steps(key: jax.Array, mean: float, sigma: float) -> jax.Array:
+    """K = 1 + Poisson(exp(tau)), tau ~ N(ln(mean - 1) - sigma^2/2, sigma^2): E[K] = mean (Huginn's
+    law of training iterations, Geiping et al. 2025 sec. 3)."""
+    k_tau, k_poisson = jax.random.split(key)
+    tau = math.log(mean - 1) - 0.5 * sigma ** 2 + sigma * jax.random.normal(k_tau)
+    return 1 + jax.random.poisson(k_poisson, jnp.exp(tau)).astype(jnp.int32)
+
+
+class RecurrentLM(TextTask):
+    name = "recurrent_lm"
+    unused_fields = ("sampling.steps", "sampling.solver", "sampling.guidance", "sampling.s_churn", "data.augment",
+                     "model.class_conditional", "model.label_dropout", "model.patch_size", "model.dropout",
+                     "model.layer_split", "text.mask_eps", "text.eval_draws", "ar.objective", "ar.bridge", "ar.steps",
+                     "ar.mc_draws")
+
+    @classmethod
+    def validate(cls, config) -> None:
+        super().validate(config)
+        m, r, a = config.model, config.recurrent, config.ar
+        require(m.num_blocks == 1, "model.num_blocks", m.num_blocks,
+                "1 (recurrent depth trains one core; DiffusionBlocks with B = 1, DESIGN sec. 12)")
+        require(m.num_layers == r.prelude + r.core + r.coda, "model.num_layers", m.num_layers,
+                f"recurrent.prelude + core + coda = {r.prelude + r.core + r.coda}")
+        require(m.positions == "rope", "model.positions", m.positions,
+                "rope (the core is iterated; positions enter every attention)")
+        require(a.prompt_len + a.gen_len <= config.text.seq_len, "ar.gen_len", a.gen_len,
+                f"at most text.seq_len - ar.prompt_len = {config.text.seq_len - a.prompt_len}")
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.edm = self.law
+        self._predictors: dict[tuple, object] = {}
+
+    @property
+    def diffusion(self) -> bool:
+        return self.config.recurrent.method == "diffusion"
+
+    @property
+    def plain(self) -> bool:  # what the shared language helpers ask of a task without a diffusion target
+        return not self.diffusion
+
+    def make_law(self) -> EDM:
+        return EDM(**dataclasses.asdict(self.config.noise))
+
+    def make_block(self, rngs: nnx.Rngs) -> Network:
+        m, r = self.config.model, self.config.recurrent
+        return Network(vocab_size=self.vocab_size, width=m.width, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+                       prelude=r.prelude, core=r.core, coda=r.coda, diffusion=self.diffusion,
+                       target_table=r.target == "token",
+                       dtype=jnp.dtype(m.dtype), remat=m.remat, scan_layers=m.scan_layers, rngs=rngs)
+
+    # -- training -----------------------------------------------------------------------------------
+
+    def draw(self, key, block, batch_spec) -> dict:
+        """Diffusion: one sigma per sequence and the noise on the states. Huginn: the starting
+        state and K (one per step, repeated per example so that a data-parallel slice keeps it)."""
+        n, length = batch_spec["tokens"].shape
+        k_level, k_noise = jax.random.split(key)
+        noise = jax.random.normal(k_noise, (n, length - 1, self.config.model.width), jnp.float32)
+        if self.diffusion:
+            return {"sigma": self.partition.sample_level(k_level, block, (n,)), "eps": noise}
+        r = self.config.recurrent
+        steps = poisson_lognormal_steps(k_level, r.mean_steps, r.steps_sigma)
+        return {"s0": r.state_std * noise, "steps": jnp.full((n,), steps, jnp.int32)}
+
+    def clean_state(self, net: Network, e_BLD: jax.Array, targets_BT: jax.Array) -> jax.Array:
+        """y: the state the core learns to reach at each position (see the module docstring)."""
+        if self.config.recurrent.target == "token":
+            rows_BTD = net.table()[targets_BT]
+        else:
+            rows_BTD = normalized_rows(jax.lax.stop_gradient(e_BLD[:, 1:]).astype(jnp.float32))
+        return self.config.noise.sigma_data * math.sqrt(self.config.model.width) * rows_BTD
+
+    def loss(self, params, batch, draw, block) -> jax.Array:
+        """Per sequence, the mean over positions of next-token cross-entropy (times lambda(sigma)
+        for the diffusion method)."""
+        tokens_BL = batch["tokens"]
+        targets_BT = tokens_BL[:, 1:]
+        net = self.network(params)
+        e_BLD = net.encode(tokens_BL)  # causal: positions < L - 1 are the inputs' encodings
+        e_BTD = e_BLD[:, :-1]
+        if not self.diffusion:
+            s_BTD = self.truncated_iterations(params, draw["s0"], e_BTD, draw["steps"][0])
+            return optax.softmax_cross_entropy_with_integer_labels(net.logits(s_BTD), targets_BT).mean(-1)
+        sigma_B = draw["sigma"]
+        z_BTD = self.clean_state(net, e_BLD, targets_BT) + sigma_B[:, None, None] * draw["eps"]
+        d_BTD = net.denoise(z_BTD, sigma_B, e_BTD, self.edm.scalings)
+        ce_B = optax.softmax_cross_entropy_with_integer_labels(net.logits(d_BTD), targets_BT).mean(-1)
+        return ce_B * self.edm.loss_weight(sigma_B) if self.config.recurrent.weighting == "edm" else ce_B
+
+    # Set False (`training_flops` does) to leave out the iterations without gradient: XLA's cost
+    # analysis counts a while loop's body once, whatever its trip count, so they are counted apart.
+    free_iterations = True
+
+    def truncated_iterations(self, params, s0_BTD, e_BTD, steps) -> jax.Array:
+        """Huginn's training forward: K - k iterations without gradient, then the last
+        k = min(K, backprop_steps) with it. The gradient part always runs `backprop_steps` bodies
+        (a fixed-length scan, unrolled when model.scan_layers is off) and keeps the state where
+        an iteration is not due (K < backprop_steps)."""
+        bp = self.config.recurrent.backprop_steps
+        k = jnp.minimum(steps, bp)
+        s_BTD = s0_BTD
+        if self.free_iterations:
+            frozen, e_free = jax.lax.stop_gradient(params), jax.lax.stop_gradient(e_BTD)
+            s_free = jax.lax.fori_loop(0, steps - k, lambda _, s: self.network(frozen).iterate(s, e_free), s_BTD)
+            # Whatever came before the last k iterations gets no gradient; with none before, s_0 does.
+            s_BTD = jnp.where(steps > k, jax.lax.stop_gradient(s_free), s_BTD)
+
+        def body(s, j):
+            return jnp.where(j >= bp - k, self.network(params).iterate(s, e_BTD), s), None
+
+        if self.config.model.scan_layers:
+            return jax.lax.scan(body, s_BTD, jnp.arange(bp))[0]
+        for j in range(bp):
+            s_BTD = body(s_BTD, j)[0]
+        return s_BTD
+
+    # -- inference ----------------------------------------------------------------------------------
+
+    def grid(self, steps: int) -> np.ndarray:
+        """The chain's K levels, sigma_max ... sigma_min (`sampling.grid`); K = 1: sigma_max."""
+        return np.array([self.edm.sigma_max]) if steps == 1 else level_grid(self.config.sampling.grid, steps - 1,
+                                                                             self.law)
+
+    def predictor(self, steps: int):
+        """`run(params, tokens_NT, key) -> logits (N, T, V)` of the K = `steps` model (jitted,
+        cached per K): the next-token logits at every position, from one draw of the starting noise."""
+        key_ = ("predict", steps)
+        if key_ in self._predictors:
+            return self._predictors[key_]
+        if self.diffusion:
+            chain = self._chain(steps)
+
+            def run(params, tokens_NT, key):
+                e_NTD = self.network(params).encode(tokens_NT)
+                z0_NTD = self.edm.sigma_max * jax.random.normal(key, e_NTD.shape, jnp.float32)
+                return chain(jax.tree.map(lambda p: p[None], params), z0_NTD, e_NTD, key)
+        else:
+            def run(params, tokens_NT, key):
+                net = self.network(params)
+                e_NTD = net.encode(tokens_NT)
+                s0_NTD = self.config.recurrent.state_std * jax.random.normal(key, e_NTD.shape, jnp.float32)
+                iterate = lambda _, s: self.network(params).iterate(s, e_NTD)
+                return net.logits(jax.lax.fori_loop(0, steps, iterate, s0_NTD))
+
+        self._predictors[key_] = jax.jit(run)
+        return self._predictors[key_]
+
+    def _chain(self, steps: int):
+        """The engine's chain over K levels: `cond` is the prelude's output e."""
+        def denoised(params_at, z_NTD, e_NTD, t, b):
+            return self.network(params_at(b)).denoise(z_NTD, jnp.full(z_NTD.shape[:1], t), e_NTD, self.edm.scalings)
+
+        def step(params_at, z_NTD, e_NTD, t, t_next, b, b_next, _):
+            return z_NTD + (t_next - t) * ode_derivative(z_NTD, denoised(params_at, z_NTD, e_NTD, t, b), t)
+
+        def read_out(params_at, z_NTD, e_NTD, t, b):
+            return self.network(params_at(b)).logits(denoised(params_at, z_NTD, e_NTD, t, b))
+
+        return make_chain(step, read_out, self.partition, self.grid(steps))
+
+    @functools.cached_property
+    def _log_predictive(self):
+        """jit(params, tokens, targets, keys (M,), steps) -> log p(target) (N, T): the log of the mean
+        over M noise draws of the K-step model's probabilities (one draw: its log-softmax)."""
+        def run(params, tokens_NT, targets_NT, keys_M, steps):
+            def one(key):
+                logp = jax.nn.log_softmax(self.predictor(steps)(params, tokens_NT, key))
+                return jnp.take_along_axis(logp, targets_NT[..., None], -1)[..., 0]
+
+            logp_MNT = jax.lax.map(one, keys_M)
+            return jax.nn.logsumexp(logp_MNT, 0) - jnp.log(len(keys_M))
+
+        return jax.jit(run, static_argnums=4)
+
+    def log_predictive(self, params, windows_NL, steps: int, key, draws: int = 1) -> jax.Array:
+        """log p(x_{i+1} | x_{<=i}) (N, L - 1) under the K-step model, averaged over `draws`
+        starting noises (Huginn's K-step logits are themselves a predictive: one draw suffices
+        for it; a DiffusionBlocks chain of K >= 2 ends on a sample, so its predictive is the
+        mixture over draws)."""
+        windows_NL = jnp.asarray(windows_NL)
+        self.predictor(steps)  # built outside the trace: the chain's grid arrays are constants
+        return self._log_predictive(params, windows_NL[:, :-1], windows_NL[:, 1:], jax.random.split(key, draws),
+                                    steps)
+
+    def write_artifacts(self, workdir: str, block_params: list) -> None:
+        """bpc.json (held-out bits per character at K = recurrent.steps) and samples.txt."""
+        from dblocks_jax.tasks.recurrent_lm_eval import write_run_artifacts
+
+        write_run_artifacts(self, workdir, block_params)

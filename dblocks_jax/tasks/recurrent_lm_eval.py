@@ -1,0 +1,182 @@
+"""Scoring a recurrent-depth language model against its test-time depth K (`dblocks evaluate
+--steps 1,2,4,...` on a recurrent_lm run), its generations, and its training FLOPs.
+
+`bpc_by_steps`: held-out next-token cross-entropy in bits per character for each K. Huginn's
+K-step logits are a predictive distribution (one draw of the starting state; `draws` > 1 averages
+several). A DiffusionBlocks chain of K >= 2 calls ends on a sample of the clean state, so its
+read-out is a draw, not a predictive: its predictive is the mixture over `recurrent.mc_draws`
+starting noises (an upper bound in bits that tightens with more draws, as for the autoregressive
+task), and the one-draw figure is reported beside it. K = 1 is one call at sigma_max: D there is
+the posterior mean of the state, and its read-out is a predictive by itself.
+
+`training_flops`: FLOPs of one training step from the compiled step's cost analysis (XLA's count
+of the unrolled program). Huginn's step has a random number of iterations without gradient, in a
+while loop whose body XLA counts once: they are counted apart, as E[K - k] times the compiled
+FLOPs of one iteration (E from 200,000 draws of K's law), added to the rest of the step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dblocks_jax.evaluation.stats import summary
+from dblocks_jax.evaluation.text_metrics import bits_per_character, distinct_n, held_out
+from dblocks_jax.tasks.autoregressive_lm_eval import generation_perplexity, load_reference, prompts
+from dblocks_jax.tasks.autoregressive_lm_sampling import pick
+
+STEPS = (1, 2, 4, 8, 16, 32)
+SALT, GENERATE_SALT = 0x8EC, 0x9E7
+
+
+def bpc(task, params, windows_NL: np.ndarray, steps: int, seed: int = 0, draws: int | None = None,
+        batch_size: int = 128) -> dict:
+    """Bits per character of the K = `steps` model on `windows_NL` (positions 1..L-1): `bpc` (the
+    predictive over `draws` starting noises; default 1 for Huginn and K = 1, recurrent.mc_draws
+    otherwise) and `bpc_one_draw`."""
+    if draws is None:
+        draws = 1 if (not task.diffusion or steps == 1) else task.config.recurrent.mc_draws
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), SALT), steps)
+    mixture, single = [], []
+    for start in range(0, len(windows_NL), batch_size):
+        part = windows_NL[start:start + batch_size]
+        k = jax.random.fold_in(key, start)
+        mixture.append(np.asarray(task.log_predictive(params, part, steps, k, draws)).ravel())
+        single.append(mixture[-1] if draws == 1 else np.asarray(task.log_predictive(params, part, steps, k)).ravel())
+    scale = bits_per_character(task, windows_NL) / math.log(2)
+    return {"bpc": float(-np.concatenate(mixture).mean() * scale),
+            "bpc_one_draw": float(-np.concatenate(single).mean() * scale), "draws": draws}
+
+
+def bpc_by_steps(task, params, steps=STEPS, seeds=(0,), windows_NL: np.ndarray | None = None) -> dict:
+    """{K: {"bpc": mean/std over seeds, "bpc_one_draw": ..., "draws": M}} on the held-out windows."""
+    windows = held_out(task) if windows_NL is None else windows_NL
+    out = {}
+    for k in steps:
+        runs = [bpc(task, params, windows, k, seed) for seed in seeds]
+        out[str(k)] = {"bpc": summary([r["bpc"] for r in runs]),
+                       "bpc_one_draw": summary([r["bpc_one_draw"] for r in runs]), "draws": runs[0]["draws"]}
+    return out
+
+
+def generate(task, params, prompts_NP: np.ndarray, new_tokens: int, steps: int, seed: int = 0):
+    """(continuations (N, new_tokens) int32, seconds of the compiled generation). Each new symbol
+    runs the K-step model over the whole window (positions past the text are masked out by
+    causality; no cache: the core's states change with every iteration)."""
+    n, p = prompts_NP.shape
+    length = task.config.text.seq_len
+    if p < 1 or new_tokens < 1 or p + new_tokens > length:
+        raise ValueError(f"prompt of {p} symbols + {new_tokens} new: allowed: prompt >= 1, new >= 1, prompt + new <= "
+                         f"text.seq_len={length}")
+    a, predict = task.config.ar, task.predictor(steps)
+
+    def run(params, prompts_NP, key):
+        window_NL = jnp.zeros((n, length), jnp.int32).at[:, :p].set(prompts_NP)
+
+        def body(window_NL, i):
+            position = p - 1 + i  # its logits predict the symbol at position + 1
+            k_noise, k_pick = jax.random.split(jax.random.fold_in(key, i))
+            logits_NV = predict(params, window_NL[:, :-1], k_noise)[:, position]
+            token_N = pick(logits_NV, jax.random.split(k_pick, n), a.temperature, a.top_p)
+            return window_NL.at[:, position + 1].set(token_N), None
+
+        window_NL, _ = jax.lax.scan(body, window_NL, jnp.arange(new_tokens))
+        return window_NL[:, p:p + new_tokens]
+
+    fn = jax.jit(run)
+    key = jax.random.fold_in(jax.random.key(seed), GENERATE_SALT)
+    args = (params, jnp.asarray(prompts_NP, jnp.int32), key)
+    jax.block_until_ready(fn(*args))  # compile and a first run, outside the timing
+    start = time.perf_counter()
+    tokens = np.asarray(fn(*args))
+    return tokens, time.perf_counter() - start
+
+
+def continuations(task, params, count: int, steps: int, seed: int = 0, prompts_NP: np.ndarray | None = None) -> dict:
+    if prompts_NP is None:
+        prompts_NP, _ = prompts(task, count)
+    tokens, seconds = generate(task, params, prompts_NP, task.config.ar.gen_len, steps, seed)
+    return {"ids": tokens, "prompts": [task.decode(p) for p in prompts_NP],
+            "continuations": [task.decode(c) for c in tokens], "tokens_per_s": tokens.size / seconds}
+
+
+def expected_free_iterations(config, draws: int = 200_000) -> float:
+    """E[K - min(K, backprop_steps)] under Huginn's law of K (0 for the diffusion method)."""
+    r = config.recurrent
+    if r.method == "diffusion":
+        return 0.0
+    rng = np.random.default_rng(0)
+    tau = math.log(r.mean_steps - 1) - 0.5 * r.steps_sigma ** 2 + r.steps_sigma * rng.standard_normal(draws)
+    k = 1 + rng.poisson(np.exp(tau))
+    return float(np.mean(k - np.minimum(k, r.backprop_steps)))
+
+
+def training_flops(config) -> dict:
+    """FLOPs of one training step (see the module docstring): {"step": expected total, "counted":
+    the compiled step without its free iterations, "iteration": one core iteration forward,
+    "free_iterations": their expected number}."""
+    from dblocks_jax.engine import bench
+    from dblocks_jax.engine.trainer import BlockTrainer
+    from dblocks_jax.tasks import make_task
+
+    unrolled = config.override({"model.scan_layers": False})
+    task = make_task(unrolled)
+    task.free_iterations = False
+    counted = bench.step_flops(bench.compile_step(BlockTrainer(task))[0])
+    free = expected_free_iterations(config)
+    out = {"counted": counted, "free_iterations": free, "iteration": 0.0, "step": counted}
+    if free:
+        n, length, width = config.data.batch_size, config.text.seq_len - 1, config.model.width
+        params = task.abstract_params
+        state = jax.ShapeDtypeStruct((n, length, width), jnp.float32)
+        one = jax.jit(lambda p, s, e: task.network(p).iterate(s, e)).lower(params, state, state).compile()
+        out["iteration"] = bench.step_flops(one)
+        out["step"] = counted + free * out["iteration"]
+    return out
+
+
+def write_run_artifacts(task, workdir: str, params_list: list) -> None:
+    """bpc.json (K = recurrent.steps and K = 1, run.seed's noise) and samples.txt."""
+    import json
+    import os
+
+    params, seed, k = params_list[0], task.config.run.seed, task.config.recurrent.steps
+    result = bpc_by_steps(task, params, sorted({1, k}), seeds=(seed,))
+    with open(os.path.join(workdir, "bpc.json"), "w") as f:
+        json.dump({"method": task.config.recurrent.method, "bpc_by_steps": result}, f, indent=1)
+    samples = continuations(task, params, task.config.sampling.num_samples, k, seed=seed)
+    with open(os.path.join(workdir, "samples.txt"), "w") as f:
+        f.write("\n".join(f"{p}|{c}" for p, c in zip(samples["prompts"], samples["continuations"])) + "\n")
+
+
+def evaluate_run(workdir, *, seeds=(0, 1, 2), steps=STEPS, overrides: dict | None = None, untrained: bool = False,
+                 num_samples: int | None = None, reference: str | None = None) -> dict:
+    """`bpc_by_steps` over `seeds`, continuations at K = recurrent.steps (distinct-n, symbols/s,
+    gen-PPL under a plain autoregressive `reference` run) and the training FLOPs per step."""
+    from dblocks_jax import runs
+
+    task, params_list, block_steps = runs.load_run(workdir, overrides, untrained=untrained)
+    params, r = params_list[0], task.config.recurrent
+    count = num_samples or task.config.sampling.num_samples
+    prompts_NP, truth_NG = prompts(task, count)
+    gen = continuations(task, params, count, r.steps, seed=seeds[0], prompts_NP=prompts_NP)
+    truth = [task.decode(c) for c in truth_NG]
+    result = {"method": r.method, "target": r.target if task.diffusion else None,
+              "bpc_by_steps": bpc_by_steps(task, params, steps, seeds), "seeds": list(seeds),
+              "num_sequences": int(len(held_out(task))), "training_flops": training_flops(task.config),
+              "sample_steps": r.steps, "samples": [f"{p}|{c}" for p, c in zip(gen["prompts"], gen["continuations"])],
+              "distinct_2": distinct_n(gen["continuations"], 2), "held_out_distinct_2": distinct_n(truth, 2),
+              "tokens_per_s": gen["tokens_per_s"], "block_steps": block_steps, "untrained": untrained,
+              "gen_ppl": None}
+    if reference is None:
+        result["gen_ppl_skipped"] = "no --reference (a plain autoregressive run of this project) was given"
+        return result
+    ref_task, ref_params = load_reference(reference, task, overrides)
+    result.update({"reference": reference,
+                   "gen_ppl": generation_perplexity(ref_task, ref_params, prompts_NP, gen["ids"]),
+                   "held_out_gen_ppl": generation_perplexity(ref_task, ref_params, prompts_NP, truth_NG)})
+    return result

@@ -1,0 +1,173 @@
+"""Recurrent depth (paper Table 5) at CPU scale: Huginn's training (K ~ Poisson-log-normal, mean 32,
+backpropagation through the last 8 iterations) against DiffusionBlocks' (one core pass on a noisy
+target state, B = 1), on Python's pydoc text, over several seeds: held-out bits per character
+against the test-time depth K, generation quality at K = 32 (gen-PPL under the seed's plain
+autoregressive model of experiments/autoregressive.py, distinct-2), training FLOPs (the compiled
+step's cost analysis), memory (XLA's memory analysis) and time per step.
+
+    python experiments/recurrent_depth.py                 # seeds 0,1,2, 600 steps
+    python experiments/recurrent_depth.py --seeds 0 --tiny
+
+Variants: `db` (the `token` target) and `db_prelude` (the `prelude` target) at S steps; `huginn`
+at S steps (equal steps: about 8x DiffusionBlocks' FLOPs) and `huginn_equal_compute` at
+S x FLOPs(db) / FLOPs(huginn) steps (equal training compute). Runs are kept under <out>/runs and
+reused; records go to <out>/records.jsonl, the table to <out>/table.md, the curve to
+<out>/recurrent_depth.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from dblocks_jax import runs  # noqa: E402
+from dblocks_jax.evaluation.text_metrics import distinct_n  # noqa: E402
+from dblocks_jax.presets import get_config  # noqa: E402
+from dblocks_jax.tasks import make_task  # noqa: E402
+# Imported now, not on first use, so that edits made while an experiment runs cannot mix versions.
+from dblocks_jax.tasks import autoregressive_lm_sampling, recurrent_lm  # noqa: E402,F401
+from dblocks_jax.tasks.autoregressive_lm_eval import generation_perplexity, prompts  # noqa: E402
+from dblocks_jax.tasks.recurrent_lm_eval import STEPS, bpc_by_steps, continuations, training_flops  # noqa: E402
+from experiments import autoregressive  # noqa: E402
+from experiments.common import (add_common_arguments, append_record, mean_std, read_json, read_records,  # noqa: E402
+                                results_dir, step_cost, update_json)
+
+VARIANTS = {"db": {}, "db_prelude": {"recurrent.target": "prelude"}, "huginn": {"recurrent.method": "huginn"},
+            "huginn_equal_compute": {"recurrent.method": "huginn"}}
+TINY = {"model.width": 16, "model.num_heads": 2, "text.seq_len": 16, "data.batch_size": 8, "optim.warmup_steps": 2,
+        "text.eval_sequences": 8, "recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2, "recurrent.mc_draws": 2,
+        "ar.prompt_len": 4, "ar.gen_len": 4}
+TINY_STEPS = (1, 2, 4)
+
+
+def config_of(variant: str, steps: int, tiny: bool, seed: int = 0):
+    return get_config("pydoc_recurrent", {**VARIANTS[variant], "optim.steps": steps, "run.seed": seed,
+                                          **(TINY if tiny else {})})
+
+
+def reference_run(out: str, steps: int, seed: int, tiny: bool) -> str:
+    """The seed's plain autoregressive run (experiments/autoregressive.py's, trained here if absent)."""
+    base = os.path.join(os.path.dirname(out), "autoregressive") if not tiny else out
+    workdir = autoregressive.workdir_of(base, "ar", steps, seed)
+    if not os.path.exists(os.path.join(workdir, "run.json")):
+        runs.train(autoregressive.config_of("ar", steps, tiny, seed), workdir, resume=True, progress=False,
+                   write_artifacts=False)
+    return workdir
+
+
+def run_one(variant: str, seed: int, steps: int, out: str, tiny: bool, num_prompts: int, ar_steps: int) -> dict:
+    config = config_of(variant, steps, tiny, seed)
+    workdir = os.path.join(out, "runs", f"pydoc_{variant}_steps{steps}_seed{seed}")
+    start = time.perf_counter()
+    result = runs.train(config, workdir, resume=True, progress=False, write_artifacts=False)
+    train_s = time.perf_counter() - start
+    task, params = make_task(config), result.params[0]
+    depths = TINY_STEPS if tiny else STEPS
+    reference, ref_params, _ = runs.load_run(reference_run(out, ar_steps, seed, tiny))
+    prompts_NP, truth_NG = prompts(task, num_prompts)
+    k = depths[-1]
+    gen = continuations(task, params, num_prompts, k, seed=seed, prompts_NP=prompts_NP)
+    return {"variant": variant, "seed": seed, "steps": steps, "train_seconds": train_s,
+            "final_loss": result.final_loss, "bpc_by_steps": bpc_by_steps(task, params, depths, seeds=(seed,)),
+            "gen_steps": k, "gen_ppl": generation_perplexity(reference, ref_params, prompts_NP, gen["ids"]),
+            "held_out_gen_ppl": generation_perplexity(reference, ref_params, prompts_NP, truth_NG),
+            "distinct_2": distinct_n(gen["continuations"], 2), "tokens_per_s": gen["tokens_per_s"],
+            "samples": [f"{p}|{c}" for p, c in zip(gen["prompts"][:4], gen["continuations"][:4])]}
+
+
+def report(records: list[dict], costs: dict, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depths = sorted({int(k) for r in records for k in r["bpc_by_steps"]})
+    lines = ["| variant | steps | seeds | " + " | ".join(f"BPC K={k}" for k in depths) +
+             " | gen-PPL (K=%d) | distinct-2 | train s | FLOPs/step | step peak MiB | step ms |" % depths[-1],
+             "|" + "---|" * (len(depths) + 9)]
+    summary = {}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant in VARIANTS:
+        rs = [r for r in records if r["variant"] == variant]
+        if not rs:
+            continue
+        c = costs.get(variant, {})
+        bpc = {k: mean_std(r["bpc_by_steps"][str(k)]["bpc"]["mean"] for r in rs) for k in depths}
+        one = {k: mean_std(r["bpc_by_steps"][str(k)]["bpc_one_draw"]["mean"] for r in rs) for k in depths}
+        stat = {"bpc_by_steps": bpc, "bpc_one_draw_by_steps": one, "seeds": len(rs), "steps": rs[0]["steps"],
+                **{k: mean_std(r[k] for r in rs) for k in ("gen_ppl", "distinct_2", "tokens_per_s")},
+                "train_seconds": mean_std([r["train_seconds"] for r in rs if r["train_seconds"] > 1] or [0.0]),
+                "held_out_gen_ppl": mean_std(r["held_out_gen_ppl"] for r in rs), **c}
+        summary[variant] = stat
+        pm = lambda v: f"{v[0]:.3f} ± {v[1]:.3f}"
+        lines.append(f"| {variant} | {rs[0]['steps']} | {len(rs)} | " + " | ".join(pm(bpc[k]) for k in depths) +
+                     f" | {pm(stat['gen_ppl'])} | {stat['distinct_2'][0]:.3f} | {stat['train_seconds'][0]:.0f} | "
+                     f"{c.get('flops', {}).get('step', 0):.3g} | {c.get('step_peak_bytes', 0) / 2**20:.0f} | "
+                     f"{1e3 * c.get('step_seconds', 0):.0f} |")
+        ax.errorbar(depths, [bpc[k][0] for k in depths], yerr=[bpc[k][1] for k in depths], marker="o", capsize=2,
+                    label=f"{variant} ({rs[0]['steps']} steps)")
+    held = [r["held_out_gen_ppl"] for r in records]
+    lines += ["", f"gen-PPL of the held-out continuations under the plain AR models: {np.mean(held):.3f}",
+              "DiffusionBlocks at K >= 2: the predictive over recurrent.mc_draws chain draws (see "
+              "tasks/recurrent_lm_eval.py)."]
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    update_json(os.path.join(out, "summary.json"), "variants", summary)
+    print("\n".join(lines))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("test-time core iterations K")
+    ax.set_ylabel("held-out bits per character")
+    ax.set_title("recurrent depth on pydoc: bpc against K", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "recurrent_depth.png"), dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {', '.join(VARIANTS)}")
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps of db, db_prelude and huginn")
+    parser.add_argument("--prompts", type=int, default=64, help="held-out prompts for the generation metrics")
+    add_common_arguments(parser, "recurrent_depth")
+    args = parser.parse_args(argv)
+    args.out = results_dir(args, "recurrent_depth")
+    steps = 4 if args.tiny else args.steps
+    ar_steps = 3 if args.tiny else get_config("pydoc_ar").optim.steps
+    num_prompts = 2 if args.tiny else args.prompts
+    path, costs_path = os.path.join(args.out, "records.jsonl"), os.path.join(args.out, "costs.json")
+    for variant in ("db", "huginn"):  # the FLOPs ratio sets the equal-compute steps
+        if variant not in read_json(costs_path):
+            config = config_of(variant, steps, args.tiny)
+            update_json(costs_path, variant, {**step_cost(config, 3 if args.tiny else 20),
+                                              "flops": training_flops(config)})
+    costs = read_json(costs_path)
+    ratio = costs["db"]["flops"]["step"] / costs["huginn"]["flops"]["step"]
+    steps_of = {v: max(1, round(steps * ratio)) if v == "huginn_equal_compute" else steps for v in VARIANTS}
+    update_json(costs_path, "huginn_equal_compute", {**costs["huginn"], "flops_ratio_db_over_huginn": ratio})
+    if "db_prelude" not in costs:
+        update_json(costs_path, "db_prelude", step_cost(config_of("db_prelude", steps, args.tiny), 3 if args.tiny
+                                                        else 20))
+    done = {(r["variant"], r["seed"], r["steps"]) for r in read_records(path)}
+    variants, seeds = args.variants.split(","), [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:  # seeds outermost: an interrupted experiment has as many seeds of every variant
+        for variant in variants:
+            if (variant, seed, steps_of[variant]) in done:
+                continue
+            record = run_one(variant, seed, steps_of[variant], args.out, args.tiny, num_prompts, ar_steps)
+            k = record["bpc_by_steps"]
+            print(f"{variant} seed {seed} ({steps_of[variant]} steps, {record['train_seconds']:.0f} s): bpc by K " +
+                  ", ".join(f"{kk}: {v['bpc']['mean']:.3f}" for kk, v in k.items()) +
+                  f"; gen-PPL {record['gen_ppl']:.3f}", flush=True)
+            append_record(path, record)
+    report(read_records(path), read_json(costs_path), args.out)
+
+
+if __name__ == "__main__":
+    main()
