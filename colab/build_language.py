@@ -3,8 +3,7 @@
     python colab/build_language.py
 
 Edit the cells here, not in the .ipynb. The install cell and the notebook format are the
-quickstart's (colab/build_quickstart.py). The next language task (recurrent depth) adds its section
-here.
+quickstart's (colab/build_quickstart.py).
 """
 
 import os
@@ -110,13 +109,57 @@ for name, (ar_task, params, _) in ar.items():
     print(f"{name} ({out['tokens_per_s']:,.0f} symbols/s):")
     for text in out["continuations"]:
         print(f"   {out['prompts'][0]}|{text}")"""),
+    ("markdown", """# Recurrent depth (paper Table 5)
+A recurrent-depth model (Huginn's layout: prelude, one core block applied K times to a state, coda) can
+think longer at test time by iterating its core more. Huginn trains it by running K ~ 32 iterations from
+noise and backpropagating through the last 8; DiffusionBlocks trains the core as a denoiser, *one* core
+pass per step on a noisy copy of a target state, and at test time runs K Euler steps of the same core.
+Both below get the same training compute, measured from the compiled steps: DiffusionBlocks takes the
+preset's steps, Huginn as many as the same FLOPs buy. The curve is held-out bits per character against K
+(DiffusionBlocks at K >= 2: the chain's predictive over `recurrent.mc_draws` starting noises)."""),
+    ("code", """from dblocks_jax.tasks.recurrent_lm_eval import bpc_by_steps, training_flops
+
+rec_tiny = {"model.width": 16, "model.num_heads": 2, "text.seq_len": 32, "optim.steps": 20, "data.batch_size": 8,
+            "optim.warmup_steps": 2, "text.eval_sequences": 16, "recurrent.mean_steps": 4.0,
+            "recurrent.backprop_steps": 2, "recurrent.mc_draws": 2, "ar.gen_len": 8} if TINY else {}
+depths = (1, 2, 4) if TINY else (1, 2, 4, 8, 16, 32)
+rec_configs = {name: get_config("pydoc_recurrent", {**rec_tiny, "recurrent.method": method})
+               for name, method in (("DiffusionBlocks", "diffusion"), ("Huginn", "huginn"))}
+flops = {name: training_flops(c)["step"] for name, c in rec_configs.items()}
+db_steps = rec_configs["DiffusionBlocks"].optim.steps
+rec_configs["Huginn"] = rec_configs["Huginn"].replace(
+    **{"optim.steps": max(1, round(db_steps * flops["DiffusionBlocks"] / flops["Huginn"]))})
+print(f"training FLOPs per step: Huginn {flops['Huginn']:.3g}, DiffusionBlocks {flops['DiffusionBlocks']:.3g} "
+      f"({flops['Huginn'] / flops['DiffusionBlocks']:.1f}x)")
+recurrent = {}
+for name, rec_config in rec_configs.items():
+    rec_task = make_task(rec_config)
+    rec_result = train(rec_config, f"runs/language_recurrent_{rec_config.recurrent.method}", overwrite=True,
+                       progress=not TINY, write_artifacts=False)
+    recurrent[name] = (rec_task, rec_result.params[0], bpc_by_steps(rec_task, rec_result.params[0], depths))
+    print(f"{name}: {rec_config.optim.steps} steps; bits per character by K:",
+          {k: round(v["bpc"]["mean"], 3) for k, v in recurrent[name][2].items()})
+plt.figure(figsize=(5, 3.2))
+for name, (_, _, by_k) in recurrent.items():
+    plt.plot(depths, [by_k[str(k)]["bpc"]["mean"] for k in depths], marker="o", label=name)
+plt.xscale("log", base=2)
+plt.xlabel("test-time core iterations K")
+plt.ylabel("held-out bits per character")
+plt.title("equal training compute")
+plt.legend()
+plt.tight_layout()
+plt.show()"""),
     ("markdown", """## Next
 - `dblocks evaluate --workdir runs/language_md4 --seeds 0,1,2` scores a run over several seeds and writes samples;
   `dblocks sample --workdir runs/language_md4 --out samples.txt` writes text.
 - `dblocks evaluate --workdir runs/language_ar_diffusion --reference runs/language_ar_plain` adds gen-PPL
   under the plain model; `dblocks sample --workdir runs/language_ar_diffusion --prompt "def " --out c.txt`.
 - `python experiments/masked_lm.py` compares the end-to-end model with B = 2, 3, 4 over 3 seeds;
-  `python experiments/autoregressive.py` the plain model with B = 2, 4 and three bridges (experiments/README.md)."""),
+  `python experiments/autoregressive.py` the plain model with B = 2, 4 and three bridges;
+  `python experiments/recurrent_depth.py` the recurrent-depth curves at equal steps and equal compute over 3
+  seeds (experiments/README.md).
+- `dblocks evaluate --workdir runs/language_recurrent_diffusion --steps 1,2,4,8,16,32` writes `bpc_by_steps`
+  and the training FLOPs; `dblocks sample --workdir runs/language_recurrent_diffusion --steps 8 --out c.txt`."""),
 ]
 
 

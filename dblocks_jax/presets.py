@@ -56,8 +56,10 @@ _AR = {"task": "autoregressive_lm", "model.family": "transformer", "model.num_la
 # Recurrent depth (DESIGN sec. 12): the paper's Table 5 model is Huginn's layout at hidden 512, 8 heads,
 # prelude/core/coda 2/4/2 layers on LM1B. The CPU preset keeps the layout at width 64 and the AR
 # presets' data, so that a plain autoregressive run of pydoc_ar can score its generations.
+# The noise law is centred at ln sigma = 3.5, not EDM's image value -1.2: at B = 1 the core sees the
+# whole law, and below sigma ~ 2 the next token can be read from z (docs/architecture.md).
 _RECURRENT = {"task": "recurrent_lm", "model.family": "transformer", "model.num_layers": 8, "model.num_blocks": 1,
-              "model.positions": "rope", "optim.ema_decay": 0.0}
+              "model.positions": "rope", "optim.ema_decay": 0.0, "noise.p_mean": 3.5}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("shapes", "tiny DiT, B = 4, on the embedded shapes dataset: trains on a 2-core CPU in minutes", {}),

@@ -14,7 +14,6 @@ text as bytes, which has the same shapes; the record says so.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -27,6 +26,7 @@ from dblocks_jax.config import parse_overrides  # noqa: E402
 from dblocks_jax.engine import bench  # noqa: E402
 from dblocks_jax.presets import get_config  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
+from experiments.common import write_record  # noqa: E402
 
 TINY = {"model.width": 32, "model.num_heads": 2, "model.num_layers": 4, "text.seq_len": 32, "data.batch_size": 8,
         "ar.prompt_len": 8, "ar.gen_len": 8}
@@ -66,10 +66,7 @@ def main(argv=None) -> dict:
                                      "network_calls_per_token": None if task.plain else task.inference_steps(),
                                      "seconds": seconds, "tokens_per_s": tokens.size / seconds})
         print(f"{name} generation: {tokens.size / seconds:,.0f} tokens/s (KV cache, 64 prompts)", flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "autoregressive_device.json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1, default=str)
+    path = write_record(args.out, "autoregressive_device", record)
     print(f"wrote {path}")
     return record
 

@@ -14,7 +14,6 @@ then every block gets as many steps as the budget allows (cosine over those step
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -31,6 +30,7 @@ from dblocks_jax.engine import bench  # noqa: E402
 from dblocks_jax.engine.trainer import BlockTrainer  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
 from dblocks_jax.tasks.image_classification_eval import held_out, score  # noqa: E402
+from experiments.common import write_record  # noqa: E402
 
 TINY = {"model.width": 16, "model.num_heads": 2, "model.num_layers": 3, "model.mlp_ratio": 2.0,
         "data.batch_size": 16}
@@ -106,10 +106,7 @@ def main(argv=None) -> dict:
         "compiled_memory_bytes": memory, "device_peak_bytes": device_peak_bytes(), "epochs": epochs,
         "final": {m: final[m] for m in ("accuracy", "top5", "ece", "nll")}, "overrides": overrides,
     }
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "classification_device.json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1)
+    path = write_record(args.out, "classification_device", record)
     print(f"final accuracy {final['accuracy']['mean']:.4f} ± {final['accuracy']['std']:.4f}; wrote {path}")
     return record
 

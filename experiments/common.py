@@ -68,6 +68,15 @@ def read_json(path: str) -> dict:
         return json.load(f)
 
 
+def write_record(out: str, name: str, record: dict) -> str:
+    """A device script's record as <out>/<name>.json (created): the path written."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1, default=str)
+    return path
+
+
 def update_json(path: str, key: str, value) -> dict:
     """Add `key` to the JSON object in `path` (re-read first: another process may have written it)."""
     data = read_json(path)

@@ -14,7 +14,6 @@ The numbers that transfer are the step's cost; the bits per character are pydoc'
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ from dblocks_jax.presets import get_config  # noqa: E402
 from dblocks_jax.engine import bench  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
 from dblocks_jax.tasks.masked_lm_eval import score  # noqa: E402
+from experiments.common import write_record  # noqa: E402
 
 TINY = {"model.width": 32, "model.num_heads": 2, "model.num_layers": 3, "text.seq_len": 32, "data.batch_size": 8,
         "text.eval_sequences": 16, "text.eval_draws": 1}
@@ -79,10 +79,7 @@ def main(argv=None) -> dict:
                           "final_loss": result.final_loss, "bpc": scores["bpc"],
                           "bpc_per_block": scores["bpc_per_block"], "unigram_bpc": scores["unigram_bpc"],
                           "samples": [task.decode(s) for s in task.sample(result.params, 4, seed=0)]}
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "masked_lm_device.json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1)
+    path = write_record(args.out, "masked_lm_device", record)
     print(f"B = 3 bfloat16, {steps} steps per block in {train_s:.0f} s: {scores['bpc']['mean']:.3f} bits per "
           f"character on held-out pydoc (unigram {scores['unigram_bpc']:.3f}); wrote {path}")
     return record

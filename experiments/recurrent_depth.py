@@ -38,8 +38,8 @@ from experiments import autoregressive  # noqa: E402
 from experiments.common import (add_common_arguments, append_record, mean_std, read_json, read_records,  # noqa: E402
                                 results_dir, step_cost, update_json)
 
-VARIANTS = {"db": {}, "db_prelude": {"recurrent.target": "prelude"}, "huginn": {"recurrent.method": "huginn"},
-            "huginn_equal_compute": {"recurrent.method": "huginn"}}
+VARIANTS = {"db": {}, "db_edm_law": {"noise.p_mean": -1.2}, "db_prelude": {"recurrent.target": "prelude"},
+            "huginn": {"recurrent.method": "huginn"}, "huginn_equal_compute": {"recurrent.method": "huginn"}}
 TINY = {"model.width": 16, "model.num_heads": 2, "text.seq_len": 16, "data.batch_size": 8, "optim.warmup_steps": 2,
         "text.eval_sequences": 8, "recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2, "recurrent.mc_draws": 2,
         "ar.prompt_len": 4, "ar.gen_len": 4}
@@ -71,11 +71,15 @@ def run_one(variant: str, seed: int, steps: int, out: str, tiny: bool, num_promp
     depths = TINY_STEPS if tiny else STEPS
     reference, ref_params, _ = runs.load_run(reference_run(out, ar_steps, seed, tiny))
     prompts_NP, truth_NG = prompts(task, num_prompts)
-    k = depths[-1]
-    gen = continuations(task, params, num_prompts, k, seed=seed, prompts_NP=prompts_NP)
+    gens = {k: continuations(task, params, num_prompts, k, seed=seed, prompts_NP=prompts_NP) for k in depths}
+    gen = gens[depths[-1]]
     return {"variant": variant, "seed": seed, "steps": steps, "train_seconds": train_s,
             "final_loss": result.final_loss, "bpc_by_steps": bpc_by_steps(task, params, depths, seeds=(seed,)),
-            "gen_steps": k, "gen_ppl": generation_perplexity(reference, ref_params, prompts_NP, gen["ids"]),
+            "gen_ppl_by_steps": {str(k): generation_perplexity(reference, ref_params, prompts_NP, g["ids"])
+                                 for k, g in gens.items()},
+            "distinct_2_by_steps": {str(k): distinct_n(g["continuations"], 2) for k, g in gens.items()},
+            "tokens_per_s_by_steps": {str(k): g["tokens_per_s"] for k, g in gens.items()},
+            "gen_steps": depths[-1], "gen_ppl": generation_perplexity(reference, ref_params, prompts_NP, gen["ids"]),
             "held_out_gen_ppl": generation_perplexity(reference, ref_params, prompts_NP, truth_NG),
             "distinct_2": distinct_n(gen["continuations"], 2), "tokens_per_s": gen["tokens_per_s"],
             "samples": [f"{p}|{c}" for p, c in zip(gen["prompts"][:4], gen["continuations"][:4])]}
@@ -88,43 +92,52 @@ def report(records: list[dict], costs: dict, out: str) -> None:
     import matplotlib.pyplot as plt
 
     depths = sorted({int(k) for r in records for k in r["bpc_by_steps"]})
+    pm = lambda v: f"{v[0]:.3f} ± {v[1]:.3f}"
     lines = ["| variant | steps | seeds | " + " | ".join(f"BPC K={k}" for k in depths) +
-             " | gen-PPL (K=%d) | distinct-2 | train s | FLOPs/step | step peak MiB | step ms |" % depths[-1],
-             "|" + "---|" * (len(depths) + 9)]
+             " | train s | FLOPs/step | step peak MiB | step ms |", "|" + "---|" * (len(depths) + 7)]
+    gen_lines = ["| variant | " + " | ".join(f"gen-PPL K={k}" for k in depths) + f" | distinct-2 K={depths[-1]} |",
+                 "|" + "---|" * (len(depths) + 2)]
     summary = {}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for variant in VARIANTS:
         rs = [r for r in records if r["variant"] == variant]
         if not rs:
             continue
         c = costs.get(variant, {})
-        bpc = {k: mean_std(r["bpc_by_steps"][str(k)]["bpc"]["mean"] for r in rs) for k in depths}
-        one = {k: mean_std(r["bpc_by_steps"][str(k)]["bpc_one_draw"]["mean"] for r in rs) for k in depths}
-        stat = {"bpc_by_steps": bpc, "bpc_one_draw_by_steps": one, "seeds": len(rs), "steps": rs[0]["steps"],
-                **{k: mean_std(r[k] for r in rs) for k in ("gen_ppl", "distinct_2", "tokens_per_s")},
+        by_k = lambda key, field=None: {k: mean_std(r[key][str(k)][field]["mean"] if field else r[key][str(k)]
+                                                    for r in rs) for k in depths}
+        stat = {"bpc_by_steps": by_k("bpc_by_steps", "bpc"), "bpc_one_draw_by_steps": by_k("bpc_by_steps",
+                                                                                             "bpc_one_draw"),
+                "gen_ppl_by_steps": by_k("gen_ppl_by_steps"), "distinct_2_by_steps": by_k("distinct_2_by_steps"),
+                "seeds": len(rs), "steps": rs[0]["steps"],
                 "train_seconds": mean_std([r["train_seconds"] for r in rs if r["train_seconds"] > 1] or [0.0]),
                 "held_out_gen_ppl": mean_std(r["held_out_gen_ppl"] for r in rs), **c}
         summary[variant] = stat
-        pm = lambda v: f"{v[0]:.3f} ± {v[1]:.3f}"
-        lines.append(f"| {variant} | {rs[0]['steps']} | {len(rs)} | " + " | ".join(pm(bpc[k]) for k in depths) +
-                     f" | {pm(stat['gen_ppl'])} | {stat['distinct_2'][0]:.3f} | {stat['train_seconds'][0]:.0f} | "
-                     f"{c.get('flops', {}).get('step', 0):.3g} | {c.get('step_peak_bytes', 0) / 2**20:.0f} | "
-                     f"{1e3 * c.get('step_seconds', 0):.0f} |")
-        ax.errorbar(depths, [bpc[k][0] for k in depths], yerr=[bpc[k][1] for k in depths], marker="o", capsize=2,
-                    label=f"{variant} ({rs[0]['steps']} steps)")
-    held = [r["held_out_gen_ppl"] for r in records]
-    lines += ["", f"gen-PPL of the held-out continuations under the plain AR models: {np.mean(held):.3f}",
+        lines.append(f"| {variant} | {rs[0]['steps']} | {len(rs)} | " +
+                     " | ".join(pm(stat["bpc_by_steps"][k]) for k in depths) +
+                     f" | {stat['train_seconds'][0]:.0f} | {c.get('flops', {}).get('step', 0):.3g} | "
+                     f"{c.get('step_peak_bytes', 0) / 2**20:.0f} | {1e3 * c.get('step_seconds', 0):.0f} |")
+        gen_lines.append(f"| {variant} | " + " | ".join(pm(stat["gen_ppl_by_steps"][k]) for k in depths) +
+                         f" | {stat['distinct_2_by_steps'][depths[-1]][0]:.3f} |")
+        for ax, key in zip(axes, ("bpc_by_steps", "gen_ppl_by_steps")):
+            ax.errorbar(depths, [stat[key][k][0] for k in depths], yerr=[stat[key][k][1] for k in depths],
+                        marker="o", capsize=2, label=f"{variant} ({rs[0]['steps']} steps)")
+    held = np.mean([r["held_out_gen_ppl"] for r in records])
+    lines += ["", *gen_lines, "", f"gen-PPL of the held-out continuations under the plain AR models: {held:.3f}",
               "DiffusionBlocks at K >= 2: the predictive over recurrent.mc_draws chain draws (see "
               "tasks/recurrent_lm_eval.py)."]
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     update_json(os.path.join(out, "summary.json"), "variants", summary)
     print("\n".join(lines))
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("test-time core iterations K")
-    ax.set_ylabel("held-out bits per character")
-    ax.set_title("recurrent depth on pydoc: bpc against K", fontsize=10)
-    ax.legend(fontsize=7)
+    for ax, label in zip(axes, ("held-out bits per character", "gen-PPL under the plain AR model")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("test-time core iterations K")
+        ax.set_ylabel(label)
+    axes[1].axhline(held, color="gray", linestyle=":", label="held-out text")
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("recurrent depth on pydoc, mean ± std over seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "recurrent_depth.png"), dpi=120)
     plt.close(fig)
@@ -134,7 +147,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {', '.join(VARIANTS)}")
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps of db, db_prelude and huginn")
-    parser.add_argument("--prompts", type=int, default=64, help="held-out prompts for the generation metrics")
+    parser.add_argument("--prompts", type=int, default=32, help="held-out prompts for the generation metrics")
     add_common_arguments(parser, "recurrent_depth")
     args = parser.parse_args(argv)
     args.out = results_dir(args, "recurrent_depth")
@@ -151,9 +164,9 @@ def main(argv=None) -> None:
     ratio = costs["db"]["flops"]["step"] / costs["huginn"]["flops"]["step"]
     steps_of = {v: max(1, round(steps * ratio)) if v == "huginn_equal_compute" else steps for v in VARIANTS}
     update_json(costs_path, "huginn_equal_compute", {**costs["huginn"], "flops_ratio_db_over_huginn": ratio})
-    if "db_prelude" not in costs:
-        update_json(costs_path, "db_prelude", step_cost(config_of("db_prelude", steps, args.tiny), 3 if args.tiny
-                                                        else 20))
+    for variant in ("db_edm_law", "db_prelude"):
+        if variant not in costs:
+            update_json(costs_path, variant, step_cost(config_of(variant, steps, args.tiny), 3 if args.tiny else 20))
     done = {(r["variant"], r["seed"], r["steps"]) for r in read_records(path)}
     variants, seeds = args.variants.split(","), [int(s) for s in args.seeds.split(",")]
     for seed in seeds:  # seeds outermost: an interrupted experiment has as many seeds of every variant

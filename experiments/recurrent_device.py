@@ -15,7 +15,6 @@ batches of the same shapes (`engine.bench.random_batch`); the record says so.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,6 +29,7 @@ from dblocks_jax.engine.trainer import BlockTrainer  # noqa: E402
 from dblocks_jax.presets import get_config  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
 from dblocks_jax.tasks.recurrent_lm_eval import training_flops  # noqa: E402
+from experiments.common import write_record  # noqa: E402
 
 TINY = {"model.width": 32, "model.num_heads": 2, "text.seq_len": 32, "data.batch_size": 8,
         "recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2, "ar.prompt_len": 8, "ar.gen_len": 8}
@@ -70,10 +70,7 @@ def main(argv=None) -> dict:
     record["flops_ratio_huginn_over_db"] = by[("huginn", "float32")]["flops"]["step"] / \
         by[("diffusion", "float32")]["flops"]["step"]
     print(f"training FLOPs per step, Huginn / DiffusionBlocks: {record['flops_ratio_huginn_over_db']:.2f}")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "recurrent_device.json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1, default=str)
+    path = write_record(args.out, "recurrent_device", record)
     print(f"wrote {path}")
     return record
 

@@ -91,6 +91,16 @@ def test_language_notebook_runs_top_to_bottom_on_tiny_settings(tmp_path, monkeyp
         out = namespace["generations"][name]
         assert out["prompts"][0] == "the function " and all(len(c) == 12 for c in out["continuations"])
     assert "ce_at_sigma_max" in namespace["ar"]["DiffusionBlocks"][2]
+    # The recurrent-depth section: equal compute from the compiled FLOPs, the curve as `evaluate` computes it.
+    from dblocks_jax.evaluation.text_metrics import held_out
+    from dblocks_jax.tasks.recurrent_lm_eval import bpc
+
+    flops, configs = namespace["flops"], namespace["rec_configs"]
+    assert configs["Huginn"].optim.steps == max(1, round(20 * flops["DiffusionBlocks"] / flops["Huginn"]))
+    for name, (rec_task, rec_params, by_k) in namespace["recurrent"].items():
+        assert sorted(by_k, key=int) == ["1", "2", "4"]
+        assert by_k["2"]["bpc"]["mean"] == pytest.approx(bpc(rec_task, rec_params, held_out(rec_task), 2)["bpc"],
+                                                         rel=1e-6)
 
 
 def test_notebook_runs_top_to_bottom_on_tiny_settings(tmp_path, monkeypatch):
