@@ -120,15 +120,19 @@ preset's steps, Huginn as many as the same FLOPs buy. The curve is held-out bits
     ("code", """from dblocks_jax.tasks.recurrent_lm_eval import bpc_by_steps, training_flops
 
 rec_tiny = {"model.width": 16, "model.num_heads": 2, "text.seq_len": 32, "optim.steps": 20, "data.batch_size": 8,
-            "optim.warmup_steps": 2, "text.eval_sequences": 16, "recurrent.mean_steps": 4.0,
-            "recurrent.backprop_steps": 2, "recurrent.mc_draws": 2, "ar.gen_len": 8} if TINY else {}
+            "optim.warmup_steps": 2, "text.eval_sequences": 16, "recurrent.mc_draws": 2,
+            "ar.gen_len": 8} if TINY else {}
+huginn_tiny = {"recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2} if TINY else {}
 depths = (1, 2, 4) if TINY else (1, 2, 4, 8, 16, 32)
-rec_configs = {name: get_config("pydoc_recurrent", {**rec_tiny, "recurrent.method": method})
-               for name, method in (("DiffusionBlocks", "diffusion"), ("Huginn", "huginn"))}
+rec_configs = {"DiffusionBlocks": get_config("pydoc_recurrent", rec_tiny),
+               "Huginn": get_config("pydoc_recurrent", {**rec_tiny, **huginn_tiny, "recurrent.method": "huginn"})}
 flops = {name: training_flops(c)["step"] for name, c in rec_configs.items()}
 db_steps = rec_configs["DiffusionBlocks"].optim.steps
-rec_configs["Huginn"] = rec_configs["Huginn"].replace(
-    **{"optim.steps": max(1, round(db_steps * flops["DiffusionBlocks"] / flops["Huginn"]))})
+huginn_steps = max(1, round(db_steps * flops["DiffusionBlocks"] / flops["Huginn"]))
+warmup = rec_configs["Huginn"].optim.warmup_steps  # shortened in proportion: the same schedule shape
+huginn_warmup = min(huginn_steps, max(1, round(warmup * huginn_steps / db_steps)))
+rec_configs["Huginn"] = rec_configs["Huginn"].replace(**{"optim.steps": huginn_steps,
+                                                         "optim.warmup_steps": huginn_warmup})
 print(f"training FLOPs per step: Huginn {flops['Huginn']:.3g}, DiffusionBlocks {flops['DiffusionBlocks']:.3g} "
       f"({flops['Huginn'] / flops['DiffusionBlocks']:.1f}x)")
 recurrent = {}

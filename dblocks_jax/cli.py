@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument("--workdir", required=True, action="append",
                     help="run directory; repeat it to use blocks trained in separate runs")
     sa.add_argument("--num-samples", type=int, help="sampling.num_samples")
-    sa.add_argument("--steps", type=int, help="sampling.steps: chain steps K")
+    sa.add_argument("--steps", type=int, help="sampling.steps: chain steps K (autoregressive_lm: ar.steps, network "
+                                               "calls per symbol; recurrent_lm: recurrent.steps, core iterations)")
     sa.add_argument("--solver", choices=SOLVERS, help="sampling.solver")
     sa.add_argument("--grid", choices=GRIDS, help="sampling.grid")
     sa.add_argument("--guidance", type=float, help="sampling.guidance: classifier-free guidance (1 = conditional)")
@@ -96,8 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--mc", type=int, help="autoregressive_lm, recurrent_lm: chain starting noises per symbol for the "
                                            "Monte-Carlo likelihood (default: ar.mc_draws, recurrent.mc_draws)")
     ev.add_argument("--reference", metavar="WORKDIR",
-                    help="autoregressive_lm, recurrent_lm: a plain autoregressive run (same vocabulary) that scores the "
-                         "generations (gen-PPL, MAUVE features) and whose generation speed is reported beside")
+                    help="autoregressive_lm, recurrent_lm: a plain autoregressive run (same vocabulary) that scores "
+                         "the generations (gen-PPL, MAUVE features; autoregressive_lm: its generation speed beside)")
     ev.add_argument("--untrained", action="store_true",
                     help="score freshly initialised blocks of the run's config (the baseline to beat)")
     ev.add_argument("--json", help="also write the result here (default: <workdir>/evaluation.json, "

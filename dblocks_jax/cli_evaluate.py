@@ -144,13 +144,15 @@ def _evaluate_recurrent(args, seeds, steps, overrides) -> dict:
                           untrained=args.untrained, num_samples=args.num_samples, reference=args.reference)
     fmt = lambda s: f"{s['mean']:.4f} +/- {s['std']:.4f}"
     for k, r in result["bpc_by_steps"].items():
-        how = "" if r["draws"] == 1 else f" ({r['draws']} chain draws; one draw {fmt(r['bpc_one_draw'])})"
-        print(f"K = {k:>3}: held-out {fmt(r['bpc'])} bits per character{how}")
+        print(f"K = {k:>3}: held-out {fmt(r['bpc'])} bits per character (mixture of {r['draws']} starting noises; "
+              f"one draw {fmt(r['bpc_one_draw'])})")
     f = result["training_flops"]
     print(f"training FLOPs per step ({result['method']}): {f['step']:.3e} (of which {f['free_iterations']:.1f} "
           f"iterations without gradient, {f['iteration']:.3e} each)")
+    mauve = result.get("mauve_skipped", "") if result["mauve"] is None else f"{result['mauve']:.3f}"
     ppl = "" if result["gen_ppl"] is None else f"; gen-PPL under the reference {result['gen_ppl']:.3f} " \
-                                               f"(held-out continuations {result['held_out_gen_ppl']:.3f})"
+                                               f"(held-out continuations {result['held_out_gen_ppl']:.3f}); " \
+                                               f"MAUVE {mauve}"
     print(f"generation at K = {result['sample_steps']}: {result['tokens_per_s']:.0f} symbols/s, distinct-2 "
           f"{result['distinct_2']:.3f} (held-out {result['held_out_distinct_2']:.3f}){ppl}")
     for sample in result["samples"][:4]:

@@ -95,6 +95,7 @@ def _sample_continuations(args: argparse.Namespace, overrides: dict, task_name: 
     import numpy as np
 
     from dblocks_jax import runs
+    from dblocks_jax.evaluation.text_metrics import write_continuations
     from dblocks_jax.tasks import recurrent_lm_eval
     from dblocks_jax.tasks.autoregressive_lm_eval import continuations, prompts
     from dblocks_jax.tasks.autoregressive_lm_sampling import prompt_ids
@@ -123,9 +124,7 @@ def _sample_continuations(args: argparse.Namespace, overrides: dict, task_name: 
         out = recurrent_lm_eval.continuations(task, params[0], count, k, seed=args.seed or 0, prompts_NP=prompts_NP)
     else:
         out = continuations(task, params, count, seed=args.seed or 0, prompts_NP=prompts_NP)
-    lines = [f"{p}|{c}" for p, c in zip(out["prompts"], out["continuations"])]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    lines = write_continuations(args.out, out["prompts"], out["continuations"])
     for line in lines[:8]:
         print(f"  {line}")
     a = task.config.ar

@@ -8,11 +8,12 @@ step's cost analysis), memory (XLA's memory analysis) and time per step.
     python experiments/recurrent_depth.py                 # seeds 0,1,2, 600 steps
     python experiments/recurrent_depth.py --seeds 0 --tiny
 
-Variants: `db` (the `token` target) and `db_prelude` (the `prelude` target) at S steps; `huginn`
-at S steps (equal steps: about 8x DiffusionBlocks' FLOPs) and `huginn_equal_compute` at
-S x FLOPs(db) / FLOPs(huginn) steps (equal training compute). Runs are kept under <out>/runs and
-reused; records go to <out>/records.jsonl, the table to <out>/table.md, the curve to
-<out>/recurrent_depth.png.
+Variants: `db` (the preset: `token` target, noise law centred at ln sigma = 3.5), `db_edm_law`
+(the same under EDM's image law, p_mean -1.2) and `db_prelude` (the `prelude` target) at S steps;
+`huginn` at S steps (equal steps: about 8x DiffusionBlocks' FLOPs) and `huginn_equal_compute` at
+S x FLOPs(db) / FLOPs(huginn) steps (equal training compute; its warm-up shortened in
+proportion). Runs are kept under <out>/runs and reused; records go to <out>/records.jsonl, the table
+to <out>/table.md, the curves to <out>/recurrent_depth.png.
 """
 
 from __future__ import annotations
@@ -41,14 +42,21 @@ from experiments.common import (add_common_arguments, append_record, mean_std, r
 VARIANTS = {"db": {}, "db_edm_law": {"noise.p_mean": -1.2}, "db_prelude": {"recurrent.target": "prelude"},
             "huginn": {"recurrent.method": "huginn"}, "huginn_equal_compute": {"recurrent.method": "huginn"}}
 TINY = {"model.width": 16, "model.num_heads": 2, "text.seq_len": 16, "data.batch_size": 8, "optim.warmup_steps": 2,
-        "text.eval_sequences": 8, "recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2, "recurrent.mc_draws": 2,
-        "ar.prompt_len": 4, "ar.gen_len": 4}
+        "text.eval_sequences": 8, "recurrent.mc_draws": 2, "ar.prompt_len": 4, "ar.gen_len": 4}
+TINY_HUGINN = {"recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2}
 TINY_STEPS = (1, 2, 4)
 
 
-def config_of(variant: str, steps: int, tiny: bool, seed: int = 0):
-    return get_config("pydoc_recurrent", {**VARIANTS[variant], "optim.steps": steps, "run.seed": seed,
-                                          **(TINY if tiny else {})})
+def config_of(variant: str, steps: int, tiny: bool, seed: int = 0, base_steps: int | None = None):
+    """The variant's config at `steps`; a run shortened from `base_steps` (equal compute) has its
+    warm-up shortened in proportion, so that its learning-rate schedule has the same shape."""
+    huginn = VARIANTS[variant].get("recurrent.method") == "huginn"
+    small = {**TINY, **(TINY_HUGINN if huginn else {})} if tiny else {}
+    config = get_config("pydoc_recurrent", {**VARIANTS[variant], "optim.steps": steps, "run.seed": seed, **small})
+    if base_steps and base_steps != steps:
+        warmup = max(1, round(config.optim.warmup_steps * steps / base_steps))
+        config = config.override({"optim.warmup_steps": min(warmup, steps)})
+    return config
 
 
 def reference_run(out: str, steps: int, seed: int, tiny: bool) -> str:
@@ -61,8 +69,9 @@ def reference_run(out: str, steps: int, seed: int, tiny: bool) -> str:
     return workdir
 
 
-def run_one(variant: str, seed: int, steps: int, out: str, tiny: bool, num_prompts: int, ar_steps: int) -> dict:
-    config = config_of(variant, steps, tiny, seed)
+def run_one(variant: str, seed: int, steps: int, out: str, tiny: bool, num_prompts: int, ar_steps: int,
+            base_steps: int) -> dict:
+    config = config_of(variant, steps, tiny, seed, base_steps)
     workdir = os.path.join(out, "runs", f"pydoc_{variant}_steps{steps}_seed{seed}")
     start = time.perf_counter()
     result = runs.train(config, workdir, resume=True, progress=False, write_artifacts=False)
@@ -173,7 +182,7 @@ def main(argv=None) -> None:
         for variant in variants:
             if (variant, seed, steps_of[variant]) in done:
                 continue
-            record = run_one(variant, seed, steps_of[variant], args.out, args.tiny, num_prompts, ar_steps)
+            record = run_one(variant, seed, steps_of[variant], args.out, args.tiny, num_prompts, ar_steps, steps)
             k = record["bpc_by_steps"]
             print(f"{variant} seed {seed} ({steps_of[variant]} steps, {record['train_seconds']:.0f} s): bpc by K " +
                   ", ".join(f"{kk}: {v['bpc']['mean']:.3f}" for kk, v in k.items()) +

@@ -31,8 +31,9 @@ from dblocks_jax.tasks import make_task  # noqa: E402
 from dblocks_jax.tasks.recurrent_lm_eval import training_flops  # noqa: E402
 from experiments.common import write_record  # noqa: E402
 
-TINY = {"model.width": 32, "model.num_heads": 2, "text.seq_len": 32, "data.batch_size": 8,
-        "recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2, "ar.prompt_len": 8, "ar.gen_len": 8}
+TINY = {"model.width": 32, "model.num_heads": 2, "text.seq_len": 32, "data.batch_size": 8, "ar.prompt_len": 8,
+        "ar.gen_len": 8}
+TINY_HUGINN = {"recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2}
 
 
 def measure(config, time_steps: int) -> dict:
@@ -60,7 +61,8 @@ def main(argv=None) -> dict:
               "data": "stand-in batches of lm1b_recurrent's shapes (lm1b is not on the device machine)", "steps": []}
     for method in ("diffusion", "huginn"):
         for dtype in ("bfloat16", "float32"):
-            config = get_config("lm1b_recurrent", {**base, "recurrent.method": method, "model.dtype": dtype})
+            small = TINY_HUGINN if args.tiny and method == "huginn" else {}
+            config = get_config("lm1b_recurrent", {**base, **small, "recurrent.method": method, "model.dtype": dtype})
             r = measure(config, 3 if args.tiny else 20)
             record["steps"].append(r)
             print(f"{method} {dtype}: {1e3 * r['step_mean_s']:.1f} ms/step (median {1e3 * r['step_median_s']:.1f}), "

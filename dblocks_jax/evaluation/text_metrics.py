@@ -46,3 +46,11 @@ def distinct_n(samples: list[str], n: int) -> float:
     vocabulary repeat in any text."""
     grams = [tuple(w[i:i + n]) for s in samples for w in [s.split()] for i in range(len(w) - n + 1)]
     return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def write_continuations(path: str, prompts: list[str], continuations: list[str]) -> list[str]:
+    """One "prompt|continuation" line per sample (the autoregressive tasks' samples.txt); returns the lines."""
+    lines = [f"{p}|{c}" for p, c in zip(prompts, continuations)]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return lines

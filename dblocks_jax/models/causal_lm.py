@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dblocks_jax.models.layers import NOISE_FEATURES, dropout, modulate, timestep_embedding
+from dblocks_jax.models.layers import dropout, modulate, noise_conditioning
 from dblocks_jax.models.transformer import Transformer
 from dblocks_jax.models.vit import normalized_rows
 
@@ -100,7 +100,7 @@ class CausalLM(Transformer):
         (c_skip, c_out, c_in, c_noise)."""
         c_skip, c_out, c_in, c_noise = (c[:, None, None] for c in scalings(sigma_B))
         x_BTD = self._place(c_in * z_BTD, positions_T, keys_B)
-        cond_BD = self.time_mlp2(nnx.silu(self.time_mlp1(timestep_embedding(c_noise[:, 0, 0], NOISE_FEATURES))))
+        cond_BD = noise_conditioning(self.time_mlp1, self.time_mlp2, c_noise[:, 0, 0])
         h_BTD = self.layers.forward(x_BTD, cond_BD, depth, keys_B, positions_T=positions_T, context=context,
                                     mask_TS=noisy_mask(context_TS))
         d_BTD = c_out * self.final_norm(h_BTD).astype(jnp.float32) + c_skip * z_BTD

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dblocks_jax.models.layers import (NOISE_FEATURES, LayerStack, modulate, patchify, sincos_pos_embedding,
-                                       timestep_embedding)
+                                       noise_conditioning)
 
 _zeros = nnx.initializers.zeros_init()
 _xavier = nnx.initializers.xavier_uniform()
@@ -58,7 +58,7 @@ class DiT(nnx.Module):
         b, h, w, c = x.shape
         p, g = self.patch_size, self.grid
         tokens_BLD = self.patch_embed(patchify(x, p)) + sincos_pos_embedding(g, self.width)  # fixed, not trained
-        cond_BD = self.noise_mlp2(nnx.silu(self.noise_mlp1(timestep_embedding(c_noise, NOISE_FEATURES))))
+        cond_BD = noise_conditioning(self.noise_mlp1, self.noise_mlp2, c_noise)
         if self.num_classes:
             if labels is None:
                 raise ValueError("this block is class-conditional: pass labels (num_classes = null class)")

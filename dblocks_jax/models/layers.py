@@ -41,6 +41,12 @@ def timestep_embedding(c_noise: jax.Array, dim: int, max_period: float = 10_000.
     return jnp.concatenate([jnp.cos(args_BF), jnp.sin(args_BF)], axis=-1)
 
 
+def noise_conditioning(mlp1: nnx.Linear, mlp2: nnx.Linear, c_noise_B: jax.Array) -> jax.Array:
+    """The conditioning vector (B, C) of a noise level: sinusoidal features through two linear
+    layers with a SiLU between them (DiT's timestep embedder)."""
+    return mlp2(nnx.silu(mlp1(timestep_embedding(c_noise_B, NOISE_FEATURES))))
+
+
 def sincos_pos_embedding(grid: int, width: int) -> np.ndarray:
     """Fixed 2-D sine-cosine position embedding (grid*grid, width), as in DiT/MAE: half the
     channels encode the row, half the column; zero-padded when width is not a multiple of 4."""

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dblocks_jax.models.causal_lm import causal_mask
-from dblocks_jax.models.layers import NOISE_FEATURES, LayerStack, timestep_embedding
+from dblocks_jax.models.layers import NOISE_FEATURES, LayerStack, noise_conditioning
 from dblocks_jax.models.vit import normalized_rows
 
 _normal = nnx.initializers.normal(0.02)
@@ -81,7 +81,7 @@ class RecurrentLM(nnx.Module):
         """D(z, sigma) (float32): one core pass on the noisy state with EDM's preconditioning;
         `scalings(sigma)` is the law's (c_skip, c_out, c_in, c_noise)."""
         c_skip, c_out, c_in, c_noise = (c[:, None, None] for c in scalings(sigma_B))
-        cond_BD = self.time_mlp2(nnx.silu(self.time_mlp1(timestep_embedding(c_noise[:, 0, 0], NOISE_FEATURES))))
+        cond_BD = noise_conditioning(self.time_mlp1, self.time_mlp2, c_noise[:, 0, 0])
         return c_skip * z_BTD + c_out * self._core(c_in * z_BTD, e_BTD, cond_BD)
 
     def logits(self, s_BTD: jax.Array) -> jax.Array:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dblocks_jax.models.layers import NOISE_FEATURES, LayerStack, dropout, modulate, timestep_embedding
+from dblocks_jax.models.layers import NOISE_FEATURES, LayerStack, dropout, modulate, noise_conditioning
 
 _zeros = nnx.initializers.zeros_init()
 _normal = nnx.initializers.normal(0.02)
@@ -63,7 +63,7 @@ class Transformer(nnx.Module):
             x_BLD = x_BLD + self.pos_embed[...][:tokens_BL.shape[1]].astype(self.dtype)
         if keys_B is not None and self.dropout_rate:
             x_BLD = dropout(x_BLD, self.dropout_rate, keys_B, 0)
-        cond_BD = self.time_mlp2(nnx.silu(self.time_mlp1(timestep_embedding(TIME_SCALE * t_B, NOISE_FEATURES))))
+        cond_BD = noise_conditioning(self.time_mlp1, self.time_mlp2, TIME_SCALE * t_B)
         x_BLD = self.layers(x_BLD, cond_BD, depth, keys_B)
         shift_BD, scale_BD = jnp.split(self.head_ada(nnx.silu(cond_BD)), 2, axis=-1)
         return self.head(modulate(self.final_norm(x_BLD), shift_BD, scale_BD).astype(jnp.float32))

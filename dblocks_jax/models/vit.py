@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dblocks_jax.models.layers import NOISE_FEATURES, LayerStack, dropout, modulate, patchify, timestep_embedding
+from dblocks_jax.models.layers import NOISE_FEATURES, LayerStack, dropout, modulate, patchify, noise_conditioning
 
 _zeros = nnx.initializers.zeros_init()
 _xavier = nnx.initializers.xavier_uniform()
@@ -84,7 +84,7 @@ class ViT(nnx.Module):
         tokens_BLD = tokens_BLD + self.pos_embed[...].astype(tokens_BLD.dtype)
         if keys_B is not None and self.dropout_rate:
             tokens_BLD = dropout(tokens_BLD, self.dropout_rate, keys_B, 0)
-        cond_BD = self.noise_mlp2(nnx.silu(self.noise_mlp1(timestep_embedding(c_noise_B, NOISE_FEATURES))))
+        cond_BD = noise_conditioning(self.noise_mlp1, self.noise_mlp2, c_noise_B)
         tokens_BLD = self.layers(tokens_BLD, cond_BD, depth, keys_B)
         return self.final_norm(tokens_BLD[:, 0]).astype(jnp.float32), cond_BD
 

@@ -35,7 +35,6 @@ import optax
 from flax import nnx
 
 from dblocks_jax.engine.edm import EDM
-from dblocks_jax.engine.settings import require
 from dblocks_jax.models.causal_lm import CausalLM, causal_mask
 from dblocks_jax.models.vit import normalized_rows
 from dblocks_jax.tasks.embedding_target import EmbeddingTarget
@@ -58,10 +57,7 @@ class AutoregressiveLM(EmbeddingTarget, TextTask):
     def validate(cls, config) -> None:
         super().validate(config)
         cls.require_one_block_when_plain(config, "ar.objective", config.ar.objective)
-        a, length = config.ar, config.text.seq_len
-        require(a.prompt_len + a.gen_len <= length, "ar.gen_len", a.gen_len,
-                f"at most text.seq_len - ar.prompt_len = {length - a.prompt_len} (generation stays inside the "
-                f"trained context)")
+        cls.require_generation_fits(config)
 
     def __init__(self, config):
         super().__init__(config)
@@ -136,11 +132,11 @@ class AutoregressiveLM(EmbeddingTarget, TextTask):
     def write_artifacts(self, workdir: str, block_params: list) -> None:
         """bpc.json (held-out bits per character with run.seed's chain noise) and samples.txt
         (continuations of held-out prompts)."""
+        from dblocks_jax.evaluation.text_metrics import write_continuations
         from dblocks_jax.tasks.autoregressive_lm_eval import continuations, score
 
         result = score(self, block_params, seeds=(self.config.run.seed,))
         with open(os.path.join(workdir, "bpc.json"), "w") as f:
             json.dump(result, f, indent=1)
         samples = continuations(self, block_params, self.config.sampling.num_samples, seed=self.config.run.seed)
-        with open(os.path.join(workdir, "samples.txt"), "w") as f:
-            f.write("\n".join(f"{p}|{c}" for p, c in zip(samples["prompts"], samples["continuations"])) + "\n")
+        write_continuations(os.path.join(workdir, "samples.txt"), samples["prompts"], samples["continuations"])

@@ -53,6 +53,11 @@ def poisson_lognormal_steps(key: jax.Array, mean: float, sigma: float) -> jax.Ar
     return 1 + jax.random.poisson(k_poisson, jnp.exp(tau)).astype(jnp.int32)
 
 
+# The fields only one method reads: a non-default value under the other method is refused.
+HUGINN_FIELDS = ("mean_steps", "steps_sigma", "backprop_steps", "state_std")
+DIFFUSION_FIELDS = ("target", "weighting")
+
+
 class RecurrentLM(TextTask):
     name = "recurrent_lm"
     unused_fields = ("sampling.steps", "sampling.solver", "sampling.guidance", "sampling.s_churn", "data.augment",
@@ -63,15 +68,22 @@ class RecurrentLM(TextTask):
     @classmethod
     def validate(cls, config) -> None:
         super().validate(config)
-        m, r, a = config.model, config.recurrent, config.ar
+        m, r = config.model, config.recurrent
         require(m.num_blocks == 1, "model.num_blocks", m.num_blocks,
                 "1 (recurrent depth trains one core; DiffusionBlocks with B = 1, DESIGN sec. 12)")
         require(m.num_layers == r.prelude + r.core + r.coda, "model.num_layers", m.num_layers,
                 f"recurrent.prelude + core + coda = {r.prelude + r.core + r.coda}")
         require(m.positions == "rope", "model.positions", m.positions,
                 "rope (the core is iterated; positions enter every attention)")
-        require(a.prompt_len + a.gen_len <= config.text.seq_len, "ar.gen_len", a.gen_len,
-                f"at most text.seq_len - ar.prompt_len = {config.text.seq_len - a.prompt_len}")
+        cls.require_generation_fits(config)
+        defaults = type(r)()
+        other = HUGINN_FIELDS if r.method == "diffusion" else DIFFUSION_FIELDS
+        for name in other:
+            require(getattr(r, name) == getattr(defaults, name), f"recurrent.{name}", getattr(r, name),
+                    f"{getattr(defaults, name)!r}, its default: recurrent.method={r.method} does not use it")
+        if r.method == "huginn":
+            require(config.sampling.grid == type(config.sampling)().grid, "sampling.grid", config.sampling.grid,
+                    f"{type(config.sampling)().grid!r}, its default: Huginn's iterations have no level grid")
 
     def __init__(self, config):
         super().__init__(config)
@@ -81,10 +93,6 @@ class RecurrentLM(TextTask):
     @property
     def diffusion(self) -> bool:
         return self.config.recurrent.method == "diffusion"
-
-    @property
-    def plain(self) -> bool:  # what the shared language helpers ask of a task without a diffusion target
-        return not self.diffusion
 
     def make_law(self) -> EDM:
         return EDM(**dataclasses.asdict(self.config.noise))
@@ -149,7 +157,8 @@ class RecurrentLM(TextTask):
         s_BTD = s0_BTD
         if self.free_iterations:
             frozen, e_free = jax.lax.stop_gradient(params), jax.lax.stop_gradient(e_BTD)
-            s_free = jax.lax.fori_loop(0, steps - k, lambda _, s: self.network(frozen).iterate(s, e_free), s_BTD)
+            s_free = jax.lax.fori_loop(0, steps - k, lambda _, s: self.network(frozen).iterate(s, e_free),
+                                       jax.lax.stop_gradient(s_BTD))
             # Whatever came before the last k iterations gets no gradient; with none before, s_0 does.
             s_BTD = jnp.where(steps > k, jax.lax.stop_gradient(s_free), s_BTD)
 
@@ -207,28 +216,32 @@ class RecurrentLM(TextTask):
         return make_chain(step, read_out, self.partition, self.grid(steps))
 
     @functools.cached_property
-    def _log_predictive(self):
-        """jit(params, tokens, targets, keys (M,), steps) -> log p(target) (N, T): the log of the mean
-        over M noise draws of the K-step model's probabilities (one draw: its log-softmax)."""
+    def _draw_log_probs(self):
+        """jit(params, tokens, targets, keys (M,), steps) -> log p_m(target) (M, N, T), one row per
+        starting noise."""
         def run(params, tokens_NT, targets_NT, keys_M, steps):
             def one(key):
                 logp = jax.nn.log_softmax(self.predictor(steps)(params, tokens_NT, key))
                 return jnp.take_along_axis(logp, targets_NT[..., None], -1)[..., 0]
 
-            logp_MNT = jax.lax.map(one, keys_M)
-            return jax.nn.logsumexp(logp_MNT, 0) - jnp.log(len(keys_M))
+            return jax.lax.map(one, keys_M)
 
         return jax.jit(run, static_argnums=4)
 
-    def log_predictive(self, params, windows_NL, steps: int, key, draws: int = 1) -> jax.Array:
-        """log p(x_{i+1} | x_{<=i}) (N, L - 1) under the K-step model, averaged over `draws`
-        starting noises (Huginn's K-step logits are themselves a predictive: one draw suffices
-        for it; a DiffusionBlocks chain of K >= 2 ends on a sample, so its predictive is the
-        mixture over draws)."""
+    def draw_log_probs(self, params, windows_NL, steps: int, key, draws: int = 1) -> jax.Array:
+        """log p_m(x_{i+1} | x_{<=i}) (M, N, L - 1) under the K-step model for `draws` starting noises
+        m. Both methods' K-step logits depend on the starting noise (Huginn's s_0, the chain's z_0),
+        so the model's predictive is the mixture over it: logsumexp over m, minus log M (a
+        DiffusionBlocks chain of K >= 2 ends on a sample, which makes the mixture matter most)."""
         windows_NL = jnp.asarray(windows_NL)
         self.predictor(steps)  # built outside the trace: the chain's grid arrays are constants
-        return self._log_predictive(params, windows_NL[:, :-1], windows_NL[:, 1:], jax.random.split(key, draws),
+        return self._draw_log_probs(params, windows_NL[:, :-1], windows_NL[:, 1:], jax.random.split(key, draws),
                                     steps)
+
+    def log_predictive(self, params, windows_NL, steps: int, key, draws: int = 1) -> jax.Array:
+        """log of the mixture predictive (N, L - 1) over `draws` starting noises."""
+        logp_MNT = self.draw_log_probs(params, windows_NL, steps, key, draws)
+        return jax.nn.logsumexp(logp_MNT, 0) - jnp.log(draws)
 
     def write_artifacts(self, workdir: str, block_params: list) -> None:
         """bpc.json (held-out bits per character at K = recurrent.steps) and samples.txt."""

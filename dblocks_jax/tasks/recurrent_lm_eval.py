@@ -1,18 +1,19 @@
 """Scoring a recurrent-depth language model against its test-time depth K (`dblocks evaluate
 --steps 1,2,4,...` on a recurrent_lm run), its generations, and its training FLOPs.
 
-`bpc_by_steps`: held-out next-token cross-entropy in bits per character for each K. Huginn's
-K-step logits are a predictive distribution (one draw of the starting state; `draws` > 1 averages
-several). A DiffusionBlocks chain of K >= 2 calls ends on a sample of the clean state, so its
-read-out is a draw, not a predictive: its predictive is the mixture over `recurrent.mc_draws`
-starting noises (an upper bound in bits that tightens with more draws, as for the autoregressive
-task), and the one-draw figure is reported beside it. K = 1 is one call at sigma_max: D there is
-the posterior mean of the state, and its read-out is a predictive by itself.
+`bpc_by_steps`: held-out next-token cross-entropy in bits per character for each K. Both methods'
+K-step logits depend on a starting noise (Huginn's s_0, the chain's z_0), so the model's
+predictive is the mixture over it, estimated with `recurrent.mc_draws` draws for every method and
+every K alike: `bpc` = -log2 of the mean of the M draws' probabilities (by Jensen an upper bound
+in bits that tightens with M), `bpc_one_draw` the mean of -log2 p_m (what one draw scores). A
+DiffusionBlocks chain of K >= 2 calls ends on a sample of the clean state, so its draws differ
+most; K = 1 is one call at sigma_max, where D is an estimate of the state from the context alone.
 
 `training_flops`: FLOPs of one training step from the compiled step's cost analysis (XLA's count
 of the unrolled program). Huginn's step has a random number of iterations without gradient, in a
 while loop whose body XLA counts once: they are counted apart, as E[K - k] times the compiled
-FLOPs of one iteration (E from 200,000 draws of K's law), added to the rest of the step.
+FLOPs of one iteration (E from 200,000 draws of K's law, `poisson_lognormal_steps`), added to the
+rest of the step.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from dblocks_jax.evaluation.stats import summary
-from dblocks_jax.evaluation.text_metrics import bits_per_character, distinct_n, held_out
-from dblocks_jax.tasks.autoregressive_lm_eval import generation_perplexity, load_reference, prompts
+from dblocks_jax.evaluation.text_metrics import bits_per_character, distinct_n, held_out, write_continuations
+from dblocks_jax.tasks.autoregressive_lm_eval import generation_perplexity, load_reference, mauve_score, prompts
 from dblocks_jax.tasks.autoregressive_lm_sampling import pick
+from dblocks_jax.tasks.recurrent_lm import poisson_lognormal_steps
 
 STEPS = (1, 2, 4, 8, 16, 32)
 SALT, GENERATE_SALT = 0x8EC, 0x9E7
@@ -36,17 +38,16 @@ SALT, GENERATE_SALT = 0x8EC, 0x9E7
 def bpc(task, params, windows_NL: np.ndarray, steps: int, seed: int = 0, draws: int | None = None,
         batch_size: int = 128) -> dict:
     """Bits per character of the K = `steps` model on `windows_NL` (positions 1..L-1): `bpc` (the
-    predictive over `draws` starting noises; default 1 for Huginn and K = 1, recurrent.mc_draws
-    otherwise) and `bpc_one_draw`."""
-    if draws is None:
-        draws = 1 if (not task.diffusion or steps == 1) else task.config.recurrent.mc_draws
+    mixture predictive over `draws` starting noises, default recurrent.mc_draws) and
+    `bpc_one_draw`, from the same draws."""
+    draws = draws or task.config.recurrent.mc_draws
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), SALT), steps)
     mixture, single = [], []
     for start in range(0, len(windows_NL), batch_size):
-        part = windows_NL[start:start + batch_size]
-        k = jax.random.fold_in(key, start)
-        mixture.append(np.asarray(task.log_predictive(params, part, steps, k, draws)).ravel())
-        single.append(mixture[-1] if draws == 1 else np.asarray(task.log_predictive(params, part, steps, k)).ravel())
+        logp_MNT = task.draw_log_probs(params, windows_NL[start:start + batch_size], steps,
+                                       jax.random.fold_in(key, start), draws)
+        mixture.append(np.asarray(jax.nn.logsumexp(logp_MNT, 0) - math.log(draws)).ravel())
+        single.append(np.asarray(logp_MNT.mean(0)).ravel())
     scale = bits_per_character(task, windows_NL) / math.log(2)
     return {"bpc": float(-np.concatenate(mixture).mean() * scale),
             "bpc_one_draw": float(-np.concatenate(single).mean() * scale), "draws": draws}
@@ -109,9 +110,8 @@ def expected_free_iterations(config, draws: int = 200_000) -> float:
     r = config.recurrent
     if r.method == "diffusion":
         return 0.0
-    rng = np.random.default_rng(0)
-    tau = math.log(r.mean_steps - 1) - 0.5 * r.steps_sigma ** 2 + r.steps_sigma * rng.standard_normal(draws)
-    k = 1 + rng.poisson(np.exp(tau))
+    keys = jax.random.split(jax.random.key(0), draws)
+    k = np.asarray(jax.vmap(lambda key: poisson_lognormal_steps(key, r.mean_steps, r.steps_sigma))(keys))
     return float(np.mean(k - np.minimum(k, r.backprop_steps)))
 
 
@@ -149,14 +149,14 @@ def write_run_artifacts(task, workdir: str, params_list: list) -> None:
     with open(os.path.join(workdir, "bpc.json"), "w") as f:
         json.dump({"method": task.config.recurrent.method, "bpc_by_steps": result}, f, indent=1)
     samples = continuations(task, params, task.config.sampling.num_samples, k, seed=seed)
-    with open(os.path.join(workdir, "samples.txt"), "w") as f:
-        f.write("\n".join(f"{p}|{c}" for p, c in zip(samples["prompts"], samples["continuations"])) + "\n")
+    write_continuations(os.path.join(workdir, "samples.txt"), samples["prompts"], samples["continuations"])
 
 
 def evaluate_run(workdir, *, seeds=(0, 1, 2), steps=STEPS, overrides: dict | None = None, untrained: bool = False,
                  num_samples: int | None = None, reference: str | None = None) -> dict:
     """`bpc_by_steps` over `seeds`, continuations at K = recurrent.steps (distinct-n, symbols/s,
-    gen-PPL under a plain autoregressive `reference` run) and the training FLOPs per step."""
+    gen-PPL and, with the optional mauve-text package, MAUVE under a plain autoregressive
+    `reference` run) and the training FLOPs per step."""
     from dblocks_jax import runs
 
     task, params_list, block_steps = runs.load_run(workdir, overrides, untrained=untrained)
@@ -171,12 +171,14 @@ def evaluate_run(workdir, *, seeds=(0, 1, 2), steps=STEPS, overrides: dict | Non
               "sample_steps": r.steps, "samples": [f"{p}|{c}" for p, c in zip(gen["prompts"], gen["continuations"])],
               "distinct_2": distinct_n(gen["continuations"], 2), "held_out_distinct_2": distinct_n(truth, 2),
               "tokens_per_s": gen["tokens_per_s"], "block_steps": block_steps, "untrained": untrained,
-              "gen_ppl": None}
+              "gen_ppl": None, "mauve": None}
     if reference is None:
         result["gen_ppl_skipped"] = "no --reference (a plain autoregressive run of this project) was given"
         return result
     ref_task, ref_params = load_reference(reference, task, overrides)
     result.update({"reference": reference,
                    "gen_ppl": generation_perplexity(ref_task, ref_params, prompts_NP, gen["ids"]),
-                   "held_out_gen_ppl": generation_perplexity(ref_task, ref_params, prompts_NP, truth_NG)})
+                   "held_out_gen_ppl": generation_perplexity(ref_task, ref_params, prompts_NP, truth_NG),
+                   **mauve_score(ref_task, ref_params, np.concatenate([prompts_NP, gen["ids"]], 1),
+                                 np.concatenate([prompts_NP, truth_NG], 1), task.config.ar.prompt_len)})
     return result

@@ -29,6 +29,14 @@ class TextTask(Task):
         require(text.is_text_source(dataset) and dataset not in dataset_names(), "data.dataset", dataset,
                 f"a text source for task {config.task}: pydoc, textfile:PATH, text8:PATH or tfds:<text dataset>")
 
+    @staticmethod
+    def require_generation_fits(config) -> None:
+        """A prompt of ar.prompt_len plus ar.gen_len new symbols stays inside the trained context."""
+        a, length = config.ar, config.text.seq_len
+        require(a.prompt_len + a.gen_len <= length, "ar.gen_len", a.gen_len,
+                f"at most text.seq_len - ar.prompt_len = {length - a.prompt_len} (generation stays inside the "
+                f"trained context)")
+
     def __init__(self, config):
         self.vocab_size = text.vocab_size(config.text.vocabulary)  # make_block needs it; no I/O
         super().__init__(config)
