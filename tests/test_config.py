@@ -50,8 +50,8 @@ def test_bad_config_names_field_path_and_allowed_values(overrides, path, allowed
 
 def test_unknown_preset_and_field_list_the_allowed_ones():
     with pytest.raises(ValueError, match="unknown config preset 'cifar'.*allowed: cifar100_vit, cifar10_dit_s, "
-                                         "cifar10_vit, digits_vit, lm1b_ar, patterns_vit, pydoc_ar, pydoc_md4, shapes, "
-                                         "text8_md4"):
+                                         "cifar10_vit, digits_vit, lm1b_ar, lm1b_recurrent, patterns_vit, pydoc_ar, "
+                                         "pydoc_md4, pydoc_recurrent, shapes, text8_md4"):
         get_config("cifar")
     with pytest.raises(ValueError, match=r"unknown config field.*model\.num_block\b.*allowed: .*model\.num_blocks"):
         get_config("shapes", {"model.num_block": 3})
