@@ -203,10 +203,6 @@ def test_training_flops_count_the_iterations_without_gradient_apart():
     # XLA counts the while loop's body once: the free iterations must be counted apart.
     assert counted(make_task(huginn)) - one["counted"] == pytest.approx(one["iteration"], rel=0.02)
     assert one["step"] == pytest.approx(one["counted"] + one["free_iterations"] * one["iteration"])
-    # One more iteration with gradient costs its forward and backward: 2 to 3.5 forwards.
-    deeper = make_task(tiny(**{**HUGINN, "model.scan_layers": False, "recurrent.backprop_steps": 3}))
-    deeper.free_iterations = False
-    assert 2.0 < (counted(deeper) - one["counted"]) / one["iteration"] < 3.5
     db = recurrent_lm_eval.training_flops(tiny())
     assert db["free_iterations"] == 0 and db["step"] == db["counted"] < one["counted"]
 
