@@ -116,8 +116,8 @@ noise and backpropagating through the last 8; DiffusionBlocks trains the core as
 pass per step on a noisy copy of a target state, and at test time runs K Euler steps of the same core.
 Both below get the same training compute, measured from the compiled steps: DiffusionBlocks takes the
 preset's steps, Huginn as many as the same FLOPs buy. The curve is held-out bits per character against K
-(DiffusionBlocks at K >= 2: the chain's predictive over `recurrent.mc_draws` starting noises)."""),
-    ("code", """from dblocks_jax.tasks.recurrent_lm_eval import bpc_by_steps, training_flops
+(both methods' predictions depend on a starting noise: the likelihood mixes `recurrent.mc_draws` of them)."""),
+    ("code", """from dblocks_jax.tasks.recurrent_lm_eval import bpc_by_steps, equal_compute, training_flops
 
 rec_tiny = {"model.width": 16, "model.num_heads": 2, "text.seq_len": 32, "optim.steps": 20, "data.batch_size": 8,
             "optim.warmup_steps": 2, "text.eval_sequences": 16, "recurrent.mc_draws": 2,
@@ -127,14 +127,10 @@ depths = (1, 2) if TINY else (1, 2, 4, 8, 16, 32)
 rec_configs = {"DiffusionBlocks": get_config("pydoc_recurrent", rec_tiny),
                "Huginn": get_config("pydoc_recurrent", {**rec_tiny, **huginn_tiny, "recurrent.method": "huginn"})}
 flops = {name: training_flops(c)["step"] for name, c in rec_configs.items()}
-db_steps = rec_configs["DiffusionBlocks"].optim.steps
-huginn_steps = max(1, round(db_steps * flops["DiffusionBlocks"] / flops["Huginn"]))
-warmup = rec_configs["Huginn"].optim.warmup_steps  # shortened in proportion: the same schedule shape
-huginn_warmup = min(huginn_steps, max(1, round(warmup * huginn_steps / db_steps)))
-rec_configs["Huginn"] = rec_configs["Huginn"].replace(**{"optim.steps": huginn_steps,
-                                                         "optim.warmup_steps": huginn_warmup})
+rec_configs["Huginn"] = equal_compute(rec_configs["DiffusionBlocks"], rec_configs["Huginn"],
+                                      (flops["DiffusionBlocks"], flops["Huginn"]))
 print(f"training FLOPs per step: Huginn {flops['Huginn']:.3g}, DiffusionBlocks {flops['DiffusionBlocks']:.3g} "
-      f"({flops['Huginn'] / flops['DiffusionBlocks']:.1f}x)")
+      f"({flops['Huginn'] / flops['DiffusionBlocks']:.1f}x): Huginn gets {rec_configs['Huginn'].optim.steps} steps")
 recurrent = {}
 for name, rec_config in rec_configs.items():
     rec_task = make_task(rec_config)

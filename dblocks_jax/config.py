@@ -244,7 +244,8 @@ class RecurrentConfig(Section):
     backprop_steps: int = setting(8, IDENTITY, "huginn: iterations backpropagated through (the last ones)")
     state_std: float = setting(0.63, IDENTITY, "huginn: std of the starting state s_0")
     steps: int = setting(32, SAMPLING, "core iterations at inference (K; diffusion: network calls of the chain)")
-    mc_draws: int = setting(8, SAMPLING, "diffusion: chain draws averaged into the predictive likelihood (K >= 2)")
+    mc_draws: int = setting(8, SAMPLING, "starting noises whose predictions are mixed into the likelihood (both "
+                                        "methods, every K)")
 
     def check(self):
         require(self.method in RECURRENT_METHODS, self.field("method"), self.method, ", ".join(RECURRENT_METHODS))

@@ -32,14 +32,14 @@ def results_dir(args: argparse.Namespace, name: str) -> str:
 
 def step_cost(config, time_steps: int) -> dict:
     """Training memory of one block's compiled step (XLA's memory analysis: deterministic) and its
-    median time over `time_steps` steps (one compile)."""
+    median and mean time over `time_steps` steps (one compile)."""
     trainer = BlockTrainer(make_task(config))
     compiled, compile_s = bench.compile_step(trainer)
     mem = bench.memory_bytes(trainer, compiled, resident_blocks=trainer.task.num_blocks)
     times = bench.time_steps(trainer, compiled, bench.BenchSettings(time_steps=time_steps))
     return {"step_peak_bytes": mem["step_peak"], "interleaved_total_bytes": mem["total_peak"],
             "block_state_bytes": trainer.state_bytes, "step_seconds": statistics.median(times),
-            "compile_seconds": compile_s}
+            "step_mean_seconds": statistics.fmean(times), "compile_seconds": compile_s}
 
 
 def mean_std(values) -> tuple[float, float]:

@@ -34,7 +34,8 @@ from dblocks_jax.tasks import make_task  # noqa: E402
 # Imported now, not on first use, so that edits made while an experiment runs cannot mix versions.
 from dblocks_jax.tasks import autoregressive_lm_sampling, recurrent_lm  # noqa: E402,F401
 from dblocks_jax.tasks.autoregressive_lm_eval import generation_perplexity, prompts  # noqa: E402
-from dblocks_jax.tasks.recurrent_lm_eval import STEPS, bpc_by_steps, continuations, training_flops  # noqa: E402
+from dblocks_jax.tasks.recurrent_lm_eval import (STEPS, bpc_by_steps, continuations, equal_compute,  # noqa: E402
+                                                 training_flops)
 from experiments import autoregressive  # noqa: E402
 from experiments.common import (add_common_arguments, append_record, mean_std, read_json, read_records,  # noqa: E402
                                 results_dir, step_cost, update_json)
@@ -47,15 +48,15 @@ TINY_HUGINN = {"recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2}
 TINY_STEPS = (1, 2, 4)
 
 
-def config_of(variant: str, steps: int, tiny: bool, seed: int = 0, base_steps: int | None = None):
-    """The variant's config at `steps`; a run shortened from `base_steps` (equal compute) has its
-    warm-up shortened in proportion, so that its learning-rate schedule has the same shape."""
+def config_of(variant: str, steps: int, tiny: bool, seed: int = 0, costs: dict | None = None):
+    """The variant's config at `steps`; `huginn_equal_compute` gets as many steps as `db`'s buy at
+    the FLOPs per step in `costs` (`recurrent_lm_eval.equal_compute`)."""
     huginn = VARIANTS[variant].get("recurrent.method") == "huginn"
     small = {**TINY, **(TINY_HUGINN if huginn else {})} if tiny else {}
     config = get_config("pydoc_recurrent", {**VARIANTS[variant], "optim.steps": steps, "run.seed": seed, **small})
-    if base_steps and base_steps != steps:
-        warmup = max(1, round(config.optim.warmup_steps * steps / base_steps))
-        config = config.override({"optim.warmup_steps": min(warmup, steps)})
+    if variant == "huginn_equal_compute":
+        flops = (costs["db"]["flops"]["step"], costs["huginn"]["flops"]["step"])
+        config = equal_compute(config_of("db", steps, tiny, seed), config, flops)
     return config
 
 
@@ -70,8 +71,9 @@ def reference_run(out: str, steps: int, seed: int, tiny: bool) -> str:
 
 
 def run_one(variant: str, seed: int, steps: int, out: str, tiny: bool, num_prompts: int, ar_steps: int,
-            base_steps: int) -> dict:
-    config = config_of(variant, steps, tiny, seed, base_steps)
+            costs: dict) -> dict:
+    config = config_of(variant, steps, tiny, seed, costs)
+    steps = config.optim.steps
     workdir = os.path.join(out, "runs", f"pydoc_{variant}_steps{steps}_seed{seed}")
     start = time.perf_counter()
     result = runs.train(config, workdir, resume=True, progress=False, write_artifacts=False)
@@ -82,13 +84,13 @@ def run_one(variant: str, seed: int, steps: int, out: str, tiny: bool, num_promp
     prompts_NP, truth_NG = prompts(task, num_prompts)
     gens = {k: continuations(task, params, num_prompts, k, seed=seed, prompts_NP=prompts_NP) for k in depths}
     gen = gens[depths[-1]]
+    gen_ppl = {str(k): generation_perplexity(reference, ref_params, prompts_NP, g["ids"]) for k, g in gens.items()}
     return {"variant": variant, "seed": seed, "steps": steps, "train_seconds": train_s,
             "final_loss": result.final_loss, "bpc_by_steps": bpc_by_steps(task, params, depths, seeds=(seed,)),
-            "gen_ppl_by_steps": {str(k): generation_perplexity(reference, ref_params, prompts_NP, g["ids"])
-                                 for k, g in gens.items()},
+            "gen_ppl_by_steps": gen_ppl, "gen_ppl": gen_ppl[str(depths[-1])],
             "distinct_2_by_steps": {str(k): distinct_n(g["continuations"], 2) for k, g in gens.items()},
             "tokens_per_s_by_steps": {str(k): g["tokens_per_s"] for k, g in gens.items()},
-            "gen_steps": depths[-1], "gen_ppl": generation_perplexity(reference, ref_params, prompts_NP, gen["ids"]),
+            "gen_steps": depths[-1],
             "held_out_gen_ppl": generation_perplexity(reference, ref_params, prompts_NP, truth_NG),
             "distinct_2": distinct_n(gen["continuations"], 2), "tokens_per_s": gen["tokens_per_s"],
             "samples": [f"{p}|{c}" for p, c in zip(gen["prompts"][:4], gen["continuations"][:4])]}
@@ -133,8 +135,8 @@ def report(records: list[dict], costs: dict, out: str) -> None:
                         marker="o", capsize=2, label=f"{variant} ({rs[0]['steps']} steps)")
     held = np.mean([r["held_out_gen_ppl"] for r in records])
     lines += ["", *gen_lines, "", f"gen-PPL of the held-out continuations under the plain AR models: {held:.3f}",
-              "DiffusionBlocks at K >= 2: the predictive over recurrent.mc_draws chain draws (see "
-              "tasks/recurrent_lm_eval.py)."]
+              "Bits per character: the mixture predictive over recurrent.mc_draws starting noises, for every method "
+              "and K (see tasks/recurrent_lm_eval.py)."]
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     update_json(os.path.join(out, "summary.json"), "variants", summary)
@@ -154,6 +156,7 @@ def report(records: list[dict], costs: dict, out: str) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report", action="store_true", help="only rewrite the table and plot from the records")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {', '.join(VARIANTS)}")
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps of db, db_prelude and huginn")
     parser.add_argument("--prompts", type=int, default=32, help="held-out prompts for the generation metrics")
@@ -164,6 +167,8 @@ def main(argv=None) -> None:
     ar_steps = 3 if args.tiny else get_config("pydoc_ar").optim.steps
     num_prompts = 2 if args.tiny else args.prompts
     path, costs_path = os.path.join(args.out, "records.jsonl"), os.path.join(args.out, "costs.json")
+    if args.report:
+        return report(read_records(path), read_json(costs_path), args.out)
     for variant in ("db", "huginn"):  # the FLOPs ratio sets the equal-compute steps
         if variant not in read_json(costs_path):
             config = config_of(variant, steps, args.tiny)
@@ -171,7 +176,7 @@ def main(argv=None) -> None:
                                               "flops": training_flops(config)})
     costs = read_json(costs_path)
     ratio = costs["db"]["flops"]["step"] / costs["huginn"]["flops"]["step"]
-    steps_of = {v: max(1, round(steps * ratio)) if v == "huginn_equal_compute" else steps for v in VARIANTS}
+    steps_of = {v: config_of(v, steps, args.tiny, costs=costs).optim.steps for v in VARIANTS}
     update_json(costs_path, "huginn_equal_compute", {**costs["huginn"], "flops_ratio_db_over_huginn": ratio})
     for variant in ("db_edm_law", "db_prelude"):
         if variant not in costs:
@@ -182,7 +187,7 @@ def main(argv=None) -> None:
         for variant in variants:
             if (variant, seed, steps_of[variant]) in done:
                 continue
-            record = run_one(variant, seed, steps_of[variant], args.out, args.tiny, num_prompts, ar_steps, steps)
+            record = run_one(variant, seed, steps, args.out, args.tiny, num_prompts, ar_steps, read_json(costs_path))
             k = record["bpc_by_steps"]
             print(f"{variant} seed {seed} ({steps_of[variant]} steps, {record['train_seconds']:.0f} s): bpc by K " +
                   ", ".join(f"{kk}: {v['bpc']['mean']:.3f}" for kk, v in k.items()) +

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,11 +24,9 @@ import jax  # noqa: E402
 
 from dblocks_jax.config import parse_overrides  # noqa: E402
 from dblocks_jax.engine import bench  # noqa: E402
-from dblocks_jax.engine.trainer import BlockTrainer  # noqa: E402
 from dblocks_jax.presets import get_config  # noqa: E402
-from dblocks_jax.tasks import make_task  # noqa: E402
 from dblocks_jax.tasks.recurrent_lm_eval import training_flops  # noqa: E402
-from experiments.common import write_record  # noqa: E402
+from experiments.common import step_cost, write_record  # noqa: E402
 
 TINY = {"model.width": 32, "model.num_heads": 2, "text.seq_len": 32, "data.batch_size": 8, "ar.prompt_len": 8,
         "ar.gen_len": 8}
@@ -37,16 +34,11 @@ TINY_HUGINN = {"recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2}
 
 
 def measure(config, time_steps: int) -> dict:
-    trainer = BlockTrainer(make_task(config))
-    compiled, compile_s = bench.compile_step(trainer)
-    times = bench.time_steps(trainer, compiled, bench.BenchSettings(time_steps=time_steps))
-    flops = training_flops(config)
-    mean_s = statistics.fmean(times)
+    cost, flops = step_cost(config, time_steps), training_flops(config)
     tokens = config.data.batch_size * (config.text.seq_len - 1)
-    return {"method": config.recurrent.method, "dtype": config.model.dtype, "compile_s": compile_s,
-            "step_peak_bytes": bench.step_memory(compiled)["step_peak"], "step_median_s": statistics.median(times),
-            "step_mean_s": mean_s, "tokens_per_s": tokens / mean_s, "flops": flops,
-            "achieved_tflops": flops["step"] / mean_s / 1e12}
+    return {"method": config.recurrent.method, "dtype": config.model.dtype, **cost,
+            "tokens_per_s": tokens / cost["step_mean_seconds"], "flops": flops,
+            "achieved_tflops": flops["step"] / cost["step_mean_seconds"] / 1e12}
 
 
 def main(argv=None) -> dict:
@@ -65,9 +57,10 @@ def main(argv=None) -> dict:
             config = get_config("lm1b_recurrent", {**base, **small, "recurrent.method": method, "model.dtype": dtype})
             r = measure(config, 3 if args.tiny else 20)
             record["steps"].append(r)
-            print(f"{method} {dtype}: {1e3 * r['step_mean_s']:.1f} ms/step (median {1e3 * r['step_median_s']:.1f}), "
-                  f"{r['tokens_per_s']:,.0f} tokens/s, {r['flops']['step']:.3e} FLOPs/step, "
-                  f"{r['achieved_tflops']:.1f} TFLOP/s, step peak {r['step_peak_bytes'] / 2**30:.2f} GiB", flush=True)
+            print(f"{method} {dtype}: {1e3 * r['step_mean_seconds']:.1f} ms/step (median "
+                  f"{1e3 * r['step_seconds']:.1f}), {r['tokens_per_s']:,.0f} tokens/s, {r['flops']['step']:.3e} "
+                  f"FLOPs/step, {r['achieved_tflops']:.1f} TFLOP/s, step peak {r['step_peak_bytes'] / 2**30:.2f} GiB",
+                  flush=True)
     by = {(r["method"], r["dtype"]): r for r in record["steps"]}
     record["flops_ratio_huginn_over_db"] = by[("huginn", "float32")]["flops"]["step"] / \
         by[("diffusion", "float32")]["flops"]["step"]

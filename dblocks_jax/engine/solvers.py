@@ -28,6 +28,11 @@ def ode_derivative(z, denoised, t):
     return (z - denoised) / t
 
 
+def euler_step(z, denoised, t, t_next):
+    """One Euler step of the probability-flow ODE from level t to t_next towards the denoised D."""
+    return z + (t_next - t) * ode_derivative(z, denoised, t)
+
+
 def _at(denoise, params_at, cond):
     """D(z, t) run by block b, with t a scalar broadcast to the batch."""
     return lambda b, z, t: denoise(params_at(b), z, jnp.full((z.shape[0],), t, jnp.float32), cond, b)

@@ -36,10 +36,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dblocks_jax.engine.chain import level_grid, make_chain
+from dblocks_jax.engine.chain import level_grid, make_chain, stack_blocks
 from dblocks_jax.engine.edm import EDM
 from dblocks_jax.engine.settings import require
-from dblocks_jax.engine.solvers import ode_derivative
+from dblocks_jax.engine.solvers import euler_step
 from dblocks_jax.models.recurrent_lm import RecurrentLM as Network
 from dblocks_jax.models.vit import normalized_rows
 from dblocks_jax.tasks.text_task import TextTask
@@ -51,6 +51,11 @@ def poisson_lognormal_steps(key: jax.Array, mean: float, sigma: float) -> jax.Ar
     k_tau, k_poisson = jax.random.split(key)
     tau = math.log(mean - 1) - 0.5 * sigma ** 2 + sigma * jax.random.normal(k_tau)
     return 1 + jax.random.poisson(k_poisson, jnp.exp(tau)).astype(jnp.int32)
+
+
+def mixture(logp_MNT: jax.Array) -> jax.Array:
+    """log of the mean over the leading axis of probabilities given as logs: log (1/M) sum_m p_m."""
+    return jax.nn.logsumexp(logp_MNT, 0) - jnp.log(logp_MNT.shape[0])
 
 
 # The fields only one method reads: a non-default value under the other method is refused.
@@ -190,13 +195,13 @@ class RecurrentLM(TextTask):
             def run(params, tokens_NT, key):
                 e_NTD = self.network(params).encode(tokens_NT)
                 z0_NTD = self.edm.sigma_max * jax.random.normal(key, e_NTD.shape, jnp.float32)
-                return chain(jax.tree.map(lambda p: p[None], params), z0_NTD, e_NTD, key)
+                return chain(stack_blocks([params]), z0_NTD, e_NTD, key)
         else:
             def run(params, tokens_NT, key):
                 net = self.network(params)
                 e_NTD = net.encode(tokens_NT)
                 s0_NTD = self.config.recurrent.state_std * jax.random.normal(key, e_NTD.shape, jnp.float32)
-                iterate = lambda _, s: self.network(params).iterate(s, e_NTD)
+                iterate = lambda _, s: self.network(params).iterate(s, e_NTD)  # merged in the loop's own trace
                 return net.logits(jax.lax.fori_loop(0, steps, iterate, s0_NTD))
 
         self._predictors[key_] = jax.jit(run)
@@ -208,7 +213,7 @@ class RecurrentLM(TextTask):
             return self.network(params_at(b)).denoise(z_NTD, jnp.full(z_NTD.shape[:1], t), e_NTD, self.edm.scalings)
 
         def step(params_at, z_NTD, e_NTD, t, t_next, b, b_next, _):
-            return z_NTD + (t_next - t) * ode_derivative(z_NTD, denoised(params_at, z_NTD, e_NTD, t, b), t)
+            return euler_step(z_NTD, denoised(params_at, z_NTD, e_NTD, t, b), t, t_next)
 
         def read_out(params_at, z_NTD, e_NTD, t, b):
             return self.network(params_at(b)).logits(denoised(params_at, z_NTD, e_NTD, t, b))
@@ -240,8 +245,7 @@ class RecurrentLM(TextTask):
 
     def log_predictive(self, params, windows_NL, steps: int, key, draws: int = 1) -> jax.Array:
         """log of the mixture predictive (N, L - 1) over `draws` starting noises."""
-        logp_MNT = self.draw_log_probs(params, windows_NL, steps, key, draws)
-        return jax.nn.logsumexp(logp_MNT, 0) - jnp.log(draws)
+        return mixture(self.draw_log_probs(params, windows_NL, steps, key, draws))
 
     def write_artifacts(self, workdir: str, block_params: list) -> None:
         """bpc.json (held-out bits per character at K = recurrent.steps) and samples.txt."""

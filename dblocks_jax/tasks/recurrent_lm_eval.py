@@ -29,7 +29,7 @@ from dblocks_jax.evaluation.stats import summary
 from dblocks_jax.evaluation.text_metrics import bits_per_character, distinct_n, held_out, write_continuations
 from dblocks_jax.tasks.autoregressive_lm_eval import generation_perplexity, load_reference, mauve_score, prompts
 from dblocks_jax.tasks.autoregressive_lm_sampling import pick
-from dblocks_jax.tasks.recurrent_lm import poisson_lognormal_steps
+from dblocks_jax.tasks.recurrent_lm import mixture, poisson_lognormal_steps
 
 STEPS = (1, 2, 4, 8, 16, 32)
 SALT, GENERATE_SALT = 0x8EC, 0x9E7
@@ -42,14 +42,14 @@ def bpc(task, params, windows_NL: np.ndarray, steps: int, seed: int = 0, draws: 
     `bpc_one_draw`, from the same draws."""
     draws = draws or task.config.recurrent.mc_draws
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), SALT), steps)
-    mixture, single = [], []
+    mixed, single = [], []
     for start in range(0, len(windows_NL), batch_size):
         logp_MNT = task.draw_log_probs(params, windows_NL[start:start + batch_size], steps,
                                        jax.random.fold_in(key, start), draws)
-        mixture.append(np.asarray(jax.nn.logsumexp(logp_MNT, 0) - math.log(draws)).ravel())
+        mixed.append(np.asarray(mixture(logp_MNT)).ravel())
         single.append(np.asarray(logp_MNT.mean(0)).ravel())
     scale = bits_per_character(task, windows_NL) / math.log(2)
-    return {"bpc": float(-np.concatenate(mixture).mean() * scale),
+    return {"bpc": float(-np.concatenate(mixed).mean() * scale),
             "bpc_one_draw": float(-np.concatenate(single).mean() * scale), "draws": draws}
 
 
@@ -74,26 +74,26 @@ def generate(task, params, prompts_NP: np.ndarray, new_tokens: int, steps: int, 
         raise ValueError(f"prompt of {p} symbols + {new_tokens} new: allowed: prompt >= 1, new >= 1, prompt + new <= "
                          f"text.seq_len={length}")
     a, predict = task.config.ar, task.predictor(steps)
+    cache_key = ("generate", n, p, new_tokens, steps)
+    args = (params, jnp.asarray(prompts_NP, jnp.int32), jax.random.fold_in(jax.random.key(seed), GENERATE_SALT))
+    if cache_key not in task._predictors:
+        def run(params, prompts_NP, key):
+            window_NL = jnp.zeros((n, length), jnp.int32).at[:, :p].set(prompts_NP)
 
-    def run(params, prompts_NP, key):
-        window_NL = jnp.zeros((n, length), jnp.int32).at[:, :p].set(prompts_NP)
+            def body(window_NL, i):
+                position = p - 1 + i  # its logits predict the symbol at position + 1
+                k_noise, k_pick = jax.random.split(jax.random.fold_in(key, i))
+                logits_NV = predict(params, window_NL[:, :-1], k_noise)[:, position]
+                token_N = pick(logits_NV, jax.random.split(k_pick, n), a.temperature, a.top_p)
+                return window_NL.at[:, position + 1].set(token_N), None
 
-        def body(window_NL, i):
-            position = p - 1 + i  # its logits predict the symbol at position + 1
-            k_noise, k_pick = jax.random.split(jax.random.fold_in(key, i))
-            logits_NV = predict(params, window_NL[:, :-1], k_noise)[:, position]
-            token_N = pick(logits_NV, jax.random.split(k_pick, n), a.temperature, a.top_p)
-            return window_NL.at[:, position + 1].set(token_N), None
+            window_NL, _ = jax.lax.scan(body, window_NL, jnp.arange(new_tokens))
+            return window_NL[:, p:p + new_tokens]
 
-        window_NL, _ = jax.lax.scan(body, window_NL, jnp.arange(new_tokens))
-        return window_NL[:, p:p + new_tokens]
-
-    fn = jax.jit(run)
-    key = jax.random.fold_in(jax.random.key(seed), GENERATE_SALT)
-    args = (params, jnp.asarray(prompts_NP, jnp.int32), key)
-    jax.block_until_ready(fn(*args))  # compile and a first run, outside the timing
+        task._predictors[cache_key] = jax.jit(run)
+        jax.block_until_ready(task._predictors[cache_key](*args))  # compiled and run once, outside the timing
     start = time.perf_counter()
-    tokens = np.asarray(fn(*args))
+    tokens = np.asarray(task._predictors[cache_key](*args))
     return tokens, time.perf_counter() - start
 
 
@@ -120,23 +120,36 @@ def training_flops(config) -> dict:
     the compiled step without its free iterations, "iteration": one core iteration forward,
     "free_iterations": their expected number}."""
     from dblocks_jax.engine import bench
-    from dblocks_jax.engine.trainer import BlockTrainer
     from dblocks_jax.tasks import make_task
 
-    unrolled = config.override({"model.scan_layers": False})
-    task = make_task(unrolled)
-    task.free_iterations = False
-    counted = bench.step_flops(bench.compile_step(BlockTrainer(task))[0])
+    def without_free_iterations(c):
+        task = make_task(c)
+        task.free_iterations = False
+        return task
+
+    counted = bench.counted_flops(config, without_free_iterations)
     free = expected_free_iterations(config)
     out = {"counted": counted, "free_iterations": free, "iteration": 0.0, "step": counted}
     if free:
         n, length, width = config.data.batch_size, config.text.seq_len - 1, config.model.width
-        params = task.abstract_params
         state = jax.ShapeDtypeStruct((n, length, width), jnp.float32)
-        one = jax.jit(lambda p, s, e: task.network(p).iterate(s, e)).lower(params, state, state).compile()
-        out["iteration"] = bench.step_flops(one)
+        # One iteration is one pass of the core's layers: a scanned stack is counted on its unrolled twin.
+        unrolled = make_task(config.override({"model.scan_layers": False}))
+        one = jax.jit(lambda p, s, e: unrolled.network(p).iterate(s, e)).lower(unrolled.abstract_params, state, state)
+        out["iteration"] = bench.step_flops(one.compile())
         out["step"] = counted + free * out["iteration"]
     return out
+
+
+def equal_compute(db_config, huginn_config, flops: tuple[float, float] | None = None):
+    """`huginn_config` with as many steps as `db_config`'s steps buy at the FLOPs per step of both
+    (`flops` = (DiffusionBlocks', Huginn's), else `training_flops` of both), its warm-up shortened
+    in proportion (the same learning-rate schedule shape)."""
+    db_flops, huginn_flops = flops or (training_flops(db_config)["step"], training_flops(huginn_config)["step"])
+    db_steps = db_config.optim.steps
+    steps = max(1, round(db_steps * db_flops / huginn_flops))
+    warmup = min(steps, max(1, round(huginn_config.optim.warmup_steps * steps / db_steps)))
+    return huginn_config.override({"optim.steps": steps, "optim.warmup_steps": warmup})
 
 
 def write_run_artifacts(task, workdir: str, params_list: list) -> None:
