@@ -210,8 +210,8 @@ def test_greedy_generation_is_the_argmax_of_the_k_step_model_symbol_by_symbol(me
     task, params = request.getfixturevalue(method)
     greedy = make_task(task.config.replace(**{"ar.temperature": 0.0}))
     prompts = held_out(task)[:2, :4]
-    tokens, seconds = recurrent_lm_eval.generate(greedy, params, prompts, 3, steps=2)
-    assert tokens.shape == (2, 3) and seconds > 0
+    tokens, _ = recurrent_lm_eval.generate(greedy, params, prompts, 3, steps=2)
+    assert tokens.shape == (2, 3)
     key = jax.random.fold_in(jax.random.key(0), recurrent_lm_eval.GENERATE_SALT)
     window = np.zeros((2, 16), np.int32)
     window[:, :4] = prompts
