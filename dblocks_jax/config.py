@@ -15,18 +15,21 @@ import dataclasses
 import json
 from typing import Any
 
+import jax.numpy as jnp
+
 from dblocks_jax.data.augment import AUGMENTS
 from dblocks_jax.engine import settings
+from dblocks_jax.engine.precision import DTYPES
 from dblocks_jax.engine.settings import (ASSEMBLY, FREE, IDENTITY, SAMPLING, OptimConfig, PartitionConfig, RunConfig,
                                          SamplingConfig, ScheduleConfig, Section, require, section, setting)
 
 FORMAT = 2  # of config.json; 1 was the flat config of dblocks-jax 0.1
-DTYPES = ("float32", "bfloat16")
 TASKS = ("image_generation", "image_classification", "masked_lm", "autoregressive_lm", "recurrent_lm")
 # The network family each task builds.
 FAMILIES = {"image_generation": "dit", "image_classification": "vit", "masked_lm": "transformer",
             "autoregressive_lm": "transformer", "recurrent_lm": "transformer"}
 POSITIONS = ("learned", "rope")
+ATTENTIONS = ("auto", "xla", "cudnn")
 OBJECTIVES = ("diffusion", "plain")
 BRIDGES = ("soft", "normalised", "hard")
 RECURRENT_METHODS = ("diffusion", "huginn")
@@ -75,7 +78,11 @@ class ModelConfig(Section):
     dropout: float = setting(0.0, IDENTITY, "dropout on the embeddings and residual branches (vit, transformer)")
     positions: str = setting("learned", ASSEMBLY, "token positions of the transformer: learned (a table) or rope "
                                                   "(rotary, in every attention)")
-    dtype: str = setting("float32", IDENTITY, "compute dtype of the matmuls; parameters stay float32")
+    dtype: str = setting("auto", IDENTITY, "compute dtype of matmuls and activations (parameters, optimizer state, "
+                                           "loss and softmax stay float32); auto: bfloat16 on GPU/TPU, float32 on "
+                                           "CPU, resolved when the task is built")
+    attention: str = setting("auto", FREE, "jax.nn.dot_product_attention implementation: auto (cuDNN flash "
+                                           "attention where the GPU and shapes allow, XLA elsewhere), xla, cudnn")
     remat: bool = setting(False, IDENTITY, "jax.checkpoint around every layer")
     scan_layers: bool = setting(True, FREE, "apply the layers with lax.scan (compile time flat in depth); "
                                             "false: unrolled (less memory, compile time grows with depth)")
@@ -106,6 +113,7 @@ class ModelConfig(Section):
         require(0.0 <= self.label_dropout < 1.0, self.field("label_dropout"), self.label_dropout, "a number in [0, 1)")
         require(0.0 <= self.dropout < 1.0, self.field("dropout"), self.dropout, "a number in [0, 1)")
         require(self.dtype in DTYPES, self.field("dtype"), self.dtype, ", ".join(DTYPES))
+        require(self.attention in ATTENTIONS, self.field("attention"), self.attention, ", ".join(ATTENTIONS))
 
     @property
     def block_depths(self) -> tuple[int, ...]:
@@ -113,6 +121,13 @@ class ModelConfig(Section):
         if self.layer_split:
             return tuple(int(v) for v in self.layer_split.split(","))
         return (self.num_layers // self.num_blocks,) * self.num_blocks
+
+    @property
+    def stack_options(self) -> dict:
+        """What every network family passes to its layer stack: compute dtype, remat, scan and the
+        attention implementation (`dtype` must be resolved: a task resolves `auto` when built)."""
+        return {"dtype": jnp.dtype(self.dtype), "remat": self.remat, "scan_layers": self.scan_layers,
+                "attention": self.attention}
 
     @property
     def layers_per_block(self) -> int:

@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
     config = get_config("cifar100_vit", overrides)
     task = make_task(config)
     trainer = BlockTrainer(task)
-    compiled, compile_s = bench.compile_step(trainer)
+    compiled, compile_s, _ = bench.compile_step(trainer)
     memory = bench.memory_bytes(trainer, compiled, resident_blocks=task.num_blocks)
     step_s = statistics.median(bench.time_steps(trainer, compiled, bench.BenchSettings(time_steps=10)))
     train_size = data.split_size(dataset, "train") if not dataset.startswith("tfds:") else len(

@@ -34,7 +34,7 @@ def step_cost(config, time_steps: int) -> dict:
     """Training memory of one block's compiled step (XLA's memory analysis: deterministic) and its
     median and mean time over `time_steps` steps (one compile)."""
     trainer = BlockTrainer(make_task(config))
-    compiled, compile_s = bench.compile_step(trainer)
+    compiled, compile_s, _ = bench.compile_step(trainer)
     mem = bench.memory_bytes(trainer, compiled, resident_blocks=trainer.task.num_blocks)
     times = bench.time_steps(trainer, compiled, bench.BenchSettings(time_steps=time_steps))
     return {"step_peak_bytes": mem["step_peak"], "interleaved_total_bytes": mem["total_peak"],

@@ -62,7 +62,7 @@ def test_flops_of_a_scanned_stack_count_every_layer():
     """XLA's cost analysis counts a loop body once: a scanned model's FLOPs are read from its
     unrolled twin (4 layers here, so the raw count of the scanned program is well below it)."""
     scanned = tiny_config(num_layers=4, num_blocks=1, batch_size=4)
-    compiled, _ = bench.compile_step(BlockTrainer(make_task(scanned)))
+    compiled = bench.compile_step(BlockTrainer(make_task(scanned))).executable
     assert bench.step_flops(compiled) < 0.6 * bench.counted_flops(scanned, make_task, compiled)
 
 

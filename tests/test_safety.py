@@ -208,7 +208,7 @@ def test_diverged_samples_are_flagged(capsys):
 
 def test_ctrl_c_prints_one_line_with_the_resume_command_and_exits_130(tmp_path):
     workdir = str(tmp_path / "run")
-    proc = cli_child("train", "--workdir", workdir, "--steps", "400", "--set", "run.checkpoint_every=5", *TINY)
+    proc = cli_child("train", "--workdir", workdir, "--steps", "100000", "--set", "run.checkpoint_every=5", *TINY)
     deadline = time.time() + 240
     block_dir = os.path.join(workdir, "checkpoints", "block_000")
     while time.time() < deadline and not (os.path.isdir(block_dir) and any(n.isdigit() for n in os.listdir(block_dir))):

@@ -21,23 +21,17 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dblocks_jax.engine import hardware
 from dblocks_jax.engine.solvers import evaluations_per_sample
 from dblocks_jax.engine.trainer import BlockTrainer
 
 MODES = ("e2e", "e2e-remat", "db-sequential", "db-interleaved", "db-remat")
-
-# Dense peak matmul throughput per device kind and dtype, for model FLOPs utilisation. float32
-# matmuls on these GPUs run on TF32 tensor cores under JAX's default precision.
-PEAK_FLOPS = {
-    ("NVIDIA H100 80GB HBM3", "bfloat16"): 989e12, ("NVIDIA H100 80GB HBM3", "float32"): 494.5e12,
-    ("NVIDIA H200", "bfloat16"): 989e12, ("NVIDIA H200", "float32"): 494.5e12,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +44,7 @@ class BenchSettings:
     sample_batch: int = 16
     sample_repeats: int = 3
     count_flops: bool = True  # compile each mode's unrolled twin for XLA's FLOP count (False: memory only, faster)
+    peak_tflops: float | None = None  # the device's peak for MFU (None: engine.hardware's table)
 
 
 def mode_config(config, mode: str, num_blocks: int):
@@ -81,13 +76,20 @@ def plan_runs(config, settings: BenchSettings) -> list[tuple[str, object]]:
     return runs
 
 
-def compile_step(trainer: BlockTrainer):
-    """The train step compiled for abstract inputs (nothing is allocated), and its compile time in
-    seconds (tracing + lowering + XLA compilation)."""
+class CompiledStep(NamedTuple):
+    executable: object
+    seconds: float  # tracing + lowering + XLA compilation
+    attention: str  # the attention kernel the step holds (`hardware.attention_kernel`)
+
+
+def compile_step(trainer: BlockTrainer) -> CompiledStep:
+    """The train step compiled for abstract inputs (nothing is allocated), its compile time and
+    the attention kernel it holds."""
     start = time.perf_counter()
     batch = trainer.task.batch_spec(trainer.config.data.batch_size)
-    compiled = trainer.train_step.lower(trainer.abstract_state, batch, 0, 0).compile()
-    return compiled, time.perf_counter() - start
+    lowered = trainer.train_step.lower(trainer.abstract_state, batch, 0, 0)
+    compiled = lowered.compile()
+    return CompiledStep(compiled, time.perf_counter() - start, hardware.attention_kernel(lowered.as_text()))
 
 
 def random_batch(spec, rng: np.random.Generator):
@@ -112,15 +114,18 @@ def memory_bytes(trainer: BlockTrainer, compiled, resident_blocks: int) -> dict[
     return mem
 
 
-def counted_flops(config, make_task: Callable, compiled=None, cache: dict | None = None) -> float | None:
+def counted_flops(config, make_task: Callable, compiled=None, cache: dict | None = None,
+                  attention: str = "xla") -> float | None:
     """FLOPs of one train step from XLA's cost analysis. A scanned layer stack's loop body is
-    counted once whatever its trip count, so a scanned model is counted on its unrolled twin
-    (same parameters and math; compiled, never run). `cache` keeps the twins' counts: modes that
-    differ only in their schedule (e2e and db-sequential at B = 1, db-interleaved and
-    db-sequential) compile the same step."""
-    if compiled is not None and not config.model.scan_layers:
+    counted once whatever its trip count, and a cuDNN attention kernel (a custom call) not at all,
+    so such a step is counted on its twin with unrolled layers and XLA attention (same parameters
+    and math; compiled, never run). The twin computes in float32: the model's FLOPs do not depend
+    on the dtype. `cache` keeps the twins' counts: modes that differ only in their schedule (e2e
+    and db-sequential at B = 1, db-interleaved and db-sequential) or dtype compile the same twin."""
+    if compiled is not None and not config.model.scan_layers and attention == "xla":
         return step_flops(compiled)
-    unrolled = config.override({"model.scan_layers": False, "schedule.name": "sequential"})
+    unrolled = config.override({"model.scan_layers": False, "schedule.name": "sequential", "model.dtype": "float32",
+                                "model.attention": "xla"})
     key = unrolled.to_json()
     if cache is None or key not in cache:
         flops = step_flops(compile_step(BlockTrainer(make_task(unrolled)))[0])
@@ -160,14 +165,18 @@ def time_sampler(task, settings: BenchSettings) -> dict | None:
                                    grid="equiprobable", guidance=1.0)
     params = [task.init_params(k) for k in jax.random.split(jax.random.key(0), task.num_blocks)]
     sampler, args = task.sampler_and_inputs(params, num_samples=settings.sample_batch, sampling=sampling)
-    jax.block_until_ready(sampler(*args))  # compile
+    start = time.perf_counter()
+    jax.block_until_ready(sampler(*args))  # compile (and one run)
+    compile_s = time.perf_counter() - start
     times = []
     for _ in range(settings.sample_repeats):
         start = time.perf_counter()
         jax.block_until_ready(sampler(*args))
         times.append(time.perf_counter() - start)
     evals = evaluations_per_sample("euler", settings.sample_steps)
-    return {"num_steps": settings.sample_steps, "batch": settings.sample_batch, "time_s": statistics.median(times),
+    time_s = statistics.median(times)
+    return {"num_steps": settings.sample_steps, "batch": settings.sample_batch, "time_s": time_s,
+            "samples_per_s": settings.sample_batch / time_s, "compile_and_first_run_s": compile_s,
             "layer_evals_per_sample": evals * task.layers_per_block}
 
 
@@ -181,32 +190,36 @@ def analytic_bytes(mode: str, task, param_bytes: int, state_bytes: int, act_per_
     return int(state_bytes + param_bytes + act_per_layer * layers + others)
 
 
-def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettings(),
-              progress: bool = True) -> list[dict]:
+def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettings(), progress: bool = True,
+              flop_cache: dict | None = None) -> list[dict]:
     """Measure every mode and B of `settings` on `config`; one JSON-ready record each.
 
     Every step is compiled (and its memory read) first; the timed runs then go in ascending order of
     compiled memory, so that the device's process-wide `peak_bytes_in_use` (which cannot be reset)
-    read after each mode is that mode's own peak on GPU/TPU.
+    read after each mode is that mode's own peak on GPU/TPU. `flop_cache` shares FLOP counts
+    between calls (the same model in another dtype).
     """
     device = jax.devices()[0]
-    measured, flop_cache = [], {}
+    peak, peak_source = hardware.peak_flops(device.device_kind, settings.peak_tflops)
+    measured, flop_cache = [], {} if flop_cache is None else flop_cache
     for mode, cfg in plan_runs(config, settings):
         num_blocks = cfg.model.num_blocks
         if progress:
             print(f"bench: compiling {mode} B={num_blocks}", flush=True)
         trainer = BlockTrainer(make_task(cfg))
-        compiled, compile_s = compile_step(trainer)
+        compiled, compile_s, attention = compile_step(trainer)
         mem = memory_bytes(trainer, compiled, resident_blocks=num_blocks if mode == "db-interleaved" else 1)
         record = {
             "mode": mode, "task": cfg.task, "num_blocks": num_blocks, "num_layers": trainer.task.num_layers,
             "layers_per_block": trainer.task.layers_per_block, "batch_size": cfg.data.batch_size,
-            "dtype": cfg.model.dtype, "device": device.device_kind, "platform": device.platform,
-            "jax_version": jax.__version__, "compile_s": compile_s,
+            "dtype": trainer.config.model.dtype, "attention": attention, "device": device.device_kind,
+            "platform": device.platform, "jax_version": jax.__version__, "compile_s": compile_s,
+            "peak_flops": peak, "peak_source": peak_source,
             "params_per_block": sum(x.size for x in jax.tree.leaves(trainer.task.abstract_params)),
             "memory_bytes": mem,
-            "flops_per_step": counted_flops(cfg, make_task, compiled, flop_cache) if settings.count_flops else None,
-            "config": cfg.to_dict(),
+            "flops_per_step": counted_flops(cfg, make_task, compiled, flop_cache, attention)
+            if settings.count_flops else None,
+            "config": trainer.config.to_dict(),
         }
         measured.append((record, trainer, compiled))
 
@@ -223,11 +236,10 @@ def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettin
             del resident
             step = statistics.median(times)
             record.update(step_time_s=step, step_times_s=times, e2e_equivalent_time_s=step * num_blocks)
-            peak = PEAK_FLOPS.get((device.device_kind, record["dtype"]))
             if record["flops_per_step"]:
                 record["achieved_flops_per_s"] = record["flops_per_step"] / step  # hardware FLOPs, recompute included
                 record["mfu"] = record["model_flops_per_step"] / step / peak if peak else None
-            record["device_peak_bytes_in_use"] = (device.memory_stats() or {}).get("peak_bytes_in_use")
+            record["device_peak_bytes_in_use"] = hardware.device_memory().get("peak_bytes_in_use")
         if settings.sample_steps and record["mode"] in ("e2e", "db-sequential"):
             sampler = time_sampler(trainer.task, settings)
             if sampler is not None:

@@ -25,6 +25,7 @@ import numpy as np
 from dblocks_jax.engine import checkpoint, distributed, rundir
 from dblocks_jax.engine.lock import RunLock
 from dblocks_jax.engine.logger import MetricsLogger
+from dblocks_jax.engine.prefetch import DevicePrefetch
 from dblocks_jax.engine.trainer import BlockState, BlockTrainer, Params, block_plan
 
 
@@ -118,7 +119,10 @@ def _train_locked(task, workdir, overwrite, resume, blocks, batches, on_step, pr
         distributed.sync_processes("dblocks_workdir_ready")
         store = checkpoint.BlockCheckpoints(workdir, config.run.keep_checkpoints)
     batches = batches or task.train_batches
-    session = _Session(config, trainer, run, store, streams={b: batches(b) for b in run.local_blocks},
+    streams = {b: batches(b) for b in run.local_blocks}
+    if parallel is None and config.run.prefetch:  # the parallel step assembles its global batch itself
+        streams = {b: DevicePrefetch(s, config.run.prefetch, block=b) for b, s in streams.items()}
+    session = _Session(config, trainer, run, store, streams=streams,
                        block_steps=run.block_steps_at(position), on_step=on_step, position=position)
     for b, (_, record) in restored.items():
         if 0 < session.block_steps[b] < config.optim.steps:
@@ -223,6 +227,8 @@ class _Session:
                 jax.tree.map(lambda x: x.delete(), state)
                 self.host_params[b] = host_state.ema
             self.save(b, host_state, pos)
+            if drop and isinstance(self.streams[b], DevicePrefetch):  # and the batches read ahead for it
+                self.streams[b].close()
 
         for t in range(position, run.length):
             b = int(run.plan[t])

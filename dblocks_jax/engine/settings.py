@@ -184,6 +184,8 @@ class RunConfig(Section):
     log_every: int = setting(50, FREE)
     checkpoint_every: int = setting(500, FREE)
     keep_checkpoints: int = setting(2, FREE)
+    prefetch: int = setting(2, FREE, "batches put on the device ahead of the step (0: none); single-device "
+                                     "schedules")
 
     def check(self):
         require(0 <= self.seed < SEED_LIMIT, self.field("seed"), self.seed, "an integer >= 0 and < 2**32")
@@ -191,6 +193,7 @@ class RunConfig(Section):
         require(self.checkpoint_every >= 0, self.field("checkpoint_every"), self.checkpoint_every,
                 "an integer >= 0 (0: at block ends)")
         require(self.keep_checkpoints >= 1, self.field("keep_checkpoints"), self.keep_checkpoints, "an integer >= 1")
+        require(self.prefetch >= 0, self.field("prefetch"), self.prefetch, "an integer >= 0 (0: no prefetch)")
 
 
 # --------------------------------------------------------------------------------------------------

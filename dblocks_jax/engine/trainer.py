@@ -74,7 +74,6 @@ class BlockTrainer:
     def __init__(self, task):
         self.task, self.config = task, task.config
         self.optimizer = make_optimizer(self.config.optim)
-        self._init_key, self._step_key = jax.random.split(jax.random.key(self.config.run.seed))
         # eval_shape before jit: the abstract state is known without allocating anything.
         self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
         self.init_state = jax.jit(self.init_block)
@@ -82,7 +81,7 @@ class BlockTrainer:
 
     def init_block(self, block) -> BlockState:
         """Fresh state of block `block`, from its own key (traceable in `block`)."""
-        return self._init(jax.random.fold_in(self._init_key, block))
+        return self._init(jax.random.fold_in(self._root_keys()[0], block))
 
     def _init(self, key) -> BlockState:
         params = self.task.init_params(key)
@@ -90,7 +89,13 @@ class BlockTrainer:
 
     def step_key(self, block, block_step) -> jax.Array:
         """The key of one block step: a function of (seed, block, block step) only."""
-        return jax.random.fold_in(jax.random.fold_in(self._step_key, block), block_step)
+        return jax.random.fold_in(jax.random.fold_in(self._root_keys()[1], block), block_step)
+
+    def _root_keys(self):
+        """(init key, step key) of the run's seed, made inside whatever traces them: a key kept as a
+        device array would be captured as a constant, a device-to-host read at every compile (and
+        refused under `jax.transfer_guard_device_to_host("disallow")` on an accelerator)."""
+        return jax.random.split(jax.random.key(self.config.run.seed))
 
     def loss_and_grad(self, params, batch, draw, block):
         """Mean of the task's per-example loss, and its gradient."""

@@ -37,7 +37,7 @@ class DiT(nnx.Module):
 
     def __init__(self, *, image_size: int, channels: int, patch_size: int, width: int, depth: int,
                  num_heads: int, mlp_ratio: float, num_classes: int, dtype=jnp.float32, remat: bool = False,
-                 scan_layers: bool = True, rngs: nnx.Rngs):
+                 scan_layers: bool = True, attention: str = "auto", rngs: nnx.Rngs):
         self.patch_size, self.width, self.num_classes = patch_size, width, num_classes
         self.grid = image_size // patch_size
         patch_dim = patch_size * patch_size * channels
@@ -46,7 +46,8 @@ class DiT(nnx.Module):
         self.noise_mlp2 = nnx.Linear(width, width, kernel_init=_normal, rngs=rngs)
         if num_classes:  # one extra row: the null class used for label dropout / guidance
             self.class_embed = nnx.Embed(num_classes + 1, width, embedding_init=_normal, rngs=rngs)
-        self.layers = LayerStack(depth, width, num_heads, mlp_ratio, dtype, remat=remat, scan=scan_layers, rngs=rngs)
+        self.layers = LayerStack(depth, width, num_heads, mlp_ratio, dtype, remat=remat, scan=scan_layers,
+                                 attention=attention, rngs=rngs)
         self.final_norm = nnx.LayerNorm(width, epsilon=1e-6, use_bias=False, use_scale=False, rngs=rngs)
         self.final_ada = nnx.Linear(width, 2 * width, kernel_init=_zeros, dtype=dtype, rngs=rngs)
         self.final_linear = nnx.Linear(width, patch_dim, kernel_init=_zeros, dtype=dtype, rngs=rngs)

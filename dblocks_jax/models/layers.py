@@ -94,14 +94,39 @@ def dropout(x_B: jax.Array, rate: float, keys_B: jax.Array, salt: int) -> jax.Ar
     return jnp.where(keep, x_B / (1.0 - rate), 0.0).astype(x_B.dtype)
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+
+
+def attend(q_BTHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array, mask: jax.Array | None,
+           implementation: str = "auto") -> jax.Array:
+    """Softmax attention through `jax.nn.dot_product_attention` (its softmax is float32 whatever
+    the inputs). `implementation`: `xla`, `cudnn` (cuDNN flash attention: GPU, bfloat16 or float16,
+    head size a multiple of 8; an error otherwise), or `auto`, which is cuDNN where it accepts the
+    call and XLA elsewhere. JAX's own default (None) is XLA everywhere, which leaves the fused
+    kernel unused on a GPU. Which one a compiled step holds is read from its HLO by
+    `engine.bench.attention_kernel`, so a bench record states what ran."""
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {implementation!r}; allowed: "
+                         f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    call = lambda impl: jax.nn.dot_product_attention(q_BTHK, k_BSHK, v_BSHK, mask=mask, implementation=impl)
+    if implementation == "cudnn":
+        return call("cudnn")
+    if implementation == "auto" and jax.default_backend() == "gpu" and q_BTHK.dtype in (jnp.bfloat16, jnp.float16):
+        try:  # cuDNN checks the call (shapes, head size, GPU generation) while tracing, before binding anything
+            return call("cudnn")
+        except (NotImplementedError, ValueError, RuntimeError):
+            pass
+    return call("xla")
+
+
 class AdaLNZeroLayer(nnx.Module):
     """Pre-norm transformer layer (self-attention + GELU(tanh) MLP) with adaLN-Zero conditioning
     (DiT, Peebles & Xie 2023): shift/scale/gate of both branches come from silu(cond) through a
     zero-initialised linear, so a fresh layer is the identity."""
 
     def __init__(self, width: int, num_heads: int, mlp_ratio: float, dtype=jnp.float32, *, dropout: float = 0.0,
-                 rope: bool = False, rngs: nnx.Rngs):
-        self.num_heads, self.dropout_rate, self.rope = num_heads, dropout, rope
+                 rope: bool = False, attention: str = "auto", rngs: nnx.Rngs):
+        self.num_heads, self.dropout_rate, self.rope, self.attention = num_heads, dropout, rope, attention
         hidden = int(width * mlp_ratio)
         linear = lambda i, o, init=_xavier: nnx.Linear(i, o, kernel_init=init, dtype=dtype, rngs=rngs)
         self.norm1 = nnx.LayerNorm(width, epsilon=1e-6, use_bias=False, use_scale=False, rngs=rngs)
@@ -134,7 +159,7 @@ class AdaLNZeroLayer(nnx.Module):
             jnp.concatenate([context[0].astype(k_BTHK.dtype), k_BTHK], 1),
             jnp.concatenate([context[1].astype(v_BTHK.dtype), v_BTHK], 1))
         mask = None if mask_TS is None else mask_TS[None, None]
-        attn_BTD = jax.nn.dot_product_attention(q_BTHK, keys_BSHK, values_BSHK, mask=mask).reshape(b, length, d)
+        attn_BTD = attend(q_BTHK, keys_BSHK, values_BSHK, mask, self.attention).reshape(b, length, d)
         x_BTD = x_BTD + gate1_BD[:, None, :] * drop1(self.proj(attn_BTD))
         h_BTD = modulate(self.norm2(x_BTD), shift2_BD, scale2_BD)
         h_BTF = nnx.gelu(self.fc1(h_BTD), approximate=True)
@@ -174,11 +199,12 @@ class LayerStack(nnx.Module):
     """
 
     def __init__(self, depth: int, width: int, num_heads: int, mlp_ratio: float, dtype=jnp.float32, *,
-                 remat: bool = False, scan: bool = True, dropout: float = 0.0, rope: bool = False, rngs: nnx.Rngs):
+                 remat: bool = False, scan: bool = True, dropout: float = 0.0, rope: bool = False,
+                 attention: str = "auto", rngs: nnx.Rngs):
         self.num_layers, self.remat, self.scan = depth, remat, scan
         keys = jax.random.split(rngs.params(), depth)  # one independent key per layer
         make = lambda key: AdaLNZeroLayer(width, num_heads, mlp_ratio, dtype, dropout=dropout, rope=rope,
-                                          rngs=nnx.Rngs(key))
+                                          attention=attention, rngs=nnx.Rngs(key))
         self.layers = nnx.vmap(make, in_axes=0, out_axes=0)(keys)
 
     def __call__(self, x_BLD: jax.Array, cond_BC: jax.Array, depth: jax.Array | None = None,
@@ -243,3 +269,18 @@ class LayerStack(nnx.Module):
             last_kv = jax.tree.map(lambda a: a[None], last_kv)
             return None, last_kv if full == 0 else jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kv, last_kv)
         return x_BTD, kv
+
+
+PER_TOKEN_LINEARS = ("qkv", "proj", "fc1", "fc2")
+
+
+def per_token_parameters(params) -> int:
+    """Parameters of the layer stacks that multiply every token: the attention and MLP matmuls
+    (not the adaLN modulation, which runs once per example). They are the P of the rule of thumb
+    "a train step costs 6·P·T FLOPs for T tokens" (2 forward, 4 backward per weight and token)."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = {str(getattr(k, "key", getattr(k, "name", k))) for k in path}
+        if names & set(PER_TOKEN_LINEARS) and "layers" in names:
+            total += int(np.prod(leaf.shape))
+    return total

@@ -40,10 +40,10 @@ class RecurrentLM(nnx.Module):
 
     def __init__(self, *, vocab_size: int, width: int, num_heads: int, mlp_ratio: float, prelude: int, core: int,
                  coda: int, diffusion: bool, target_table: bool = True, dtype=jnp.float32, remat: bool = False,
-                 scan_layers: bool = True, rngs: nnx.Rngs):
+                 scan_layers: bool = True, attention: str = "auto", rngs: nnx.Rngs):
         self.dtype, self.width = dtype, width
         stack = lambda depth: LayerStack(depth, width, num_heads, mlp_ratio, dtype, remat=remat, scan=scan_layers,
-                                         rope=True, rngs=rngs)
+                                         rope=True, attention=attention, rngs=rngs)
         self.embed = nnx.Embed(vocab_size, width, embedding_init=_normal, rngs=rngs)
         self.prelude = stack(prelude)
         self.adapter = nnx.Linear(2 * width, width, kernel_init=nnx.initializers.xavier_uniform(), dtype=dtype,

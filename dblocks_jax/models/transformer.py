@@ -33,7 +33,7 @@ class Transformer(nnx.Module):
 
     def __init__(self, *, vocab_size: int, seq_len: int, width: int, depth: int, num_heads: int, mlp_ratio: float,
                  positions: str = "learned", dropout: float = 0.0, dtype=jnp.float32, remat: bool = False,
-                 scan_layers: bool = True, rngs: nnx.Rngs):
+                 scan_layers: bool = True, attention: str = "auto", rngs: nnx.Rngs):
         if positions not in ("learned", "rope"):
             raise ValueError(f"positions={positions!r}; allowed: learned, rope")
         self.vocab_size, self.dropout_rate, self.dtype = vocab_size, dropout, dtype
@@ -43,7 +43,7 @@ class Transformer(nnx.Module):
         self.time_mlp1 = nnx.Linear(NOISE_FEATURES, width, kernel_init=_normal, rngs=rngs)
         self.time_mlp2 = nnx.Linear(width, width, kernel_init=_normal, rngs=rngs)
         self.layers = LayerStack(depth, width, num_heads, mlp_ratio, dtype, remat=remat, scan=scan_layers,
-                                 dropout=dropout, rope=positions == "rope", rngs=rngs)
+                                 dropout=dropout, rope=positions == "rope", attention=attention, rngs=rngs)
         self.final_norm = nnx.LayerNorm(width, epsilon=1e-6, use_bias=False, use_scale=False, rngs=rngs)
         self.head_ada = nnx.Linear(width, 2 * width, kernel_init=_zeros, dtype=dtype, rngs=rngs)
         # The head computes in float32 whatever the model's dtype: it is small (width x vocab), and

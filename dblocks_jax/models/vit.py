@@ -46,7 +46,8 @@ class ViT(nnx.Module):
 
     def __init__(self, *, image_size: int, channels: int, patch_size: int, width: int, depth: int, num_heads: int,
                  mlp_ratio: float, num_classes: int, plain: bool = False, dropout: float = 0.0,
-                 dtype=jnp.float32, remat: bool = False, scan_layers: bool = True, rngs: nnx.Rngs):
+                 dtype=jnp.float32, remat: bool = False, scan_layers: bool = True, attention: str = "auto",
+                 rngs: nnx.Rngs):
         self.patch_size, self.plain, self.dropout_rate = patch_size, plain, dropout
         tokens = (image_size // patch_size) ** 2 + 1
         self.patch_embed = nnx.Linear(patch_size * patch_size * channels, width, kernel_init=_xavier, dtype=dtype,
@@ -59,7 +60,7 @@ class ViT(nnx.Module):
         else:
             self.label_embed = nnx.Param(_normal(rngs.params(), (num_classes, width), jnp.float32))
         self.layers = LayerStack(depth, width, num_heads, mlp_ratio, dtype, remat=remat, scan=scan_layers,
-                                 dropout=dropout, rngs=rngs)
+                                 dropout=dropout, attention=attention, rngs=rngs)
         self.final_norm = nnx.LayerNorm(width, epsilon=1e-6, rngs=rngs)
         self.head_norm = nnx.LayerNorm(width, epsilon=1e-6, use_bias=False, use_scale=False, rngs=rngs)
         self.head_ada = nnx.Linear(width, 2 * width, kernel_init=_zeros, dtype=dtype, rngs=rngs)

@@ -83,8 +83,7 @@ class AutoregressiveLM(EmbeddingTarget, TextTask):
         m = self.config.model
         return CausalLM(diffusion=not self.plain, vocab_size=self.vocab_size, seq_len=self.config.text.seq_len,
                         width=m.width, depth=m.layers_per_block, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                        positions=m.positions, dropout=m.dropout, dtype=jnp.dtype(m.dtype), remat=m.remat,
-                        scan_layers=m.scan_layers, rngs=rngs)
+                        positions=m.positions, dropout=m.dropout, **m.stack_options, rngs=rngs)
 
     def draw(self, key, block, batch_spec) -> dict:
         """One sigma per sequence from the block's (widened) band, the noise on the targets and, with

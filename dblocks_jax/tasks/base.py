@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dblocks_jax.engine import precision
 from dblocks_jax.engine.levels import LevelLaw
 from dblocks_jax.engine.partition import BlockPartition
 
@@ -38,6 +39,8 @@ class Task(abc.ABC):
     unused_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config):
+        if config.model.dtype == "auto":  # the dtype actually used is what a run directory records
+            config = config.override({"model.dtype": precision.resolve(config.model.dtype)})
         self.config = config
         self.law = self.make_law()
         self.partition = BlockPartition.make(config.partition.strategy, self.num_blocks, config.partition.overlap,

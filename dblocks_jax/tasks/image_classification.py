@@ -77,8 +77,8 @@ class ImageClassification(EmbeddingTarget, ImageTask):
         m, d = self.config.model, self.config.data
         return ViT(image_size=d.image_size, channels=self.info.channels, patch_size=m.patch_size, width=m.width,
                    depth=m.layers_per_block, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                   num_classes=self.num_classes, plain=self.plain, dropout=m.dropout, dtype=jnp.dtype(m.dtype),
-                   remat=m.remat, scan_layers=m.scan_layers, rngs=rngs)
+                   num_classes=self.num_classes, plain=self.plain, dropout=m.dropout,
+                   **m.stack_options, rngs=rngs)
 
     def draw(self, key, block, batch_spec) -> dict:
         """Sigmas from the block's (widened) band, the noise on the label embedding and, with

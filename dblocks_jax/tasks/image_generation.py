@@ -60,8 +60,7 @@ class ImageGeneration(ImageTask):
         m, d = self.config.model, self.config.data
         return DiT(image_size=d.image_size, channels=self.info.channels, patch_size=m.patch_size, width=m.width,
                    depth=m.layers_per_block, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                   num_classes=self.num_classes, dtype=jnp.dtype(m.dtype), remat=m.remat,
-                   scan_layers=m.scan_layers, rngs=rngs)
+                   num_classes=self.num_classes, **m.stack_options, rngs=rngs)
 
     @property
     def num_classes(self) -> int:

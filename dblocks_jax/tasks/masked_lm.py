@@ -57,8 +57,7 @@ class MaskedLM(TextTask):
         m = self.config.model
         return Transformer(vocab_size=self.vocab_size, seq_len=self.config.text.seq_len, width=m.width,
                            depth=m.layers_per_block, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                           positions=m.positions, dropout=m.dropout, dtype=jnp.dtype(m.dtype), remat=m.remat,
-                           scan_layers=m.scan_layers, rngs=rngs)
+                           positions=m.positions, dropout=m.dropout, **m.stack_options, rngs=rngs)
 
     @property
     def mask_id(self) -> int:

@@ -107,7 +107,7 @@ class RecurrentLM(TextTask):
         return Network(vocab_size=self.vocab_size, width=m.width, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
                        prelude=r.prelude, core=r.core, coda=r.coda, diffusion=self.diffusion,
                        target_table=r.target == "token",
-                       dtype=jnp.dtype(m.dtype), remat=m.remat, scan_layers=m.scan_layers, rngs=rngs)
+                       **m.stack_options, rngs=rngs)
 
     # -- training -----------------------------------------------------------------------------------
 
