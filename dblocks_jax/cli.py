@@ -119,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--batch-size", type=int, help="data.batch_size")
     be.add_argument("--time-steps", type=int, default=20, help="timed steps per mode and B (0: memory only)")
     be.add_argument("--sample-steps", type=int, default=0, help="also time the sampler with K steps (0: skip)")
+    be.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: the table in "
+                                                      "dblocks_jax/engine/hardware.py: H100/H200 989, A100 312, TPU "
+                                                      "v4 275, v5e 197, v5p 459; none for a CPU)")
     be.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help=set_help)
     be.add_argument("--json", help="write the records here, with a .md table and a .png chart beside it")
@@ -241,7 +244,7 @@ def run_assemble(args: argparse.Namespace) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    from dblocks_jax.engine import bench
+    from dblocks_jax.engine import bench, hardware
     from dblocks_jax.evaluation import bench_report
     from dblocks_jax.tasks import make_task
 
@@ -255,8 +258,10 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.time_steps < 0 or args.sample_steps < 0:
         raise ValueError("--time-steps and --sample-steps must be >= 0")
     settings = bench.BenchSettings(num_blocks=_int_list("--num-blocks", args.num_blocks), modes=modes,
-                                   time_steps=args.time_steps, sample_steps=args.sample_steps)
+                                   time_steps=args.time_steps, sample_steps=args.sample_steps,
+                                   peak_tflops=args.peak_tflops)
     bench.plan_runs(config, settings)  # every mode and B validated before anything compiles
+    hardware.peak_flops("", args.peak_tflops)
     records = bench.run_bench(config, make_task, settings)
     print(bench_report.markdown_table(records))
     if args.json:

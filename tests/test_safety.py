@@ -208,13 +208,20 @@ def test_diverged_samples_are_flagged(capsys):
 
 def test_ctrl_c_prints_one_line_with_the_resume_command_and_exits_130(tmp_path):
     workdir = str(tmp_path / "run")
-    proc = cli_child("train", "--workdir", workdir, "--steps", "100000", "--set", "run.checkpoint_every=5", *TINY)
-    deadline = time.time() + 240
-    block_dir = os.path.join(workdir, "checkpoints", "block_000")
-    while time.time() < deadline and not (os.path.isdir(block_dir) and any(n.isdigit() for n in os.listdir(block_dir))):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    # A child of a shell's background job inherits SIGINT ignored: restore the default, as a
+    # terminal's Ctrl-C would find it. Steps enough that only the signal ends the run.
+    proc = cli_child("train", "--workdir", workdir, "--steps", "100000", "--set", "run.checkpoint_every=5", *TINY,
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 240
+        block_dir = os.path.join(workdir, "checkpoints", "block_000")
+        while time.time() < deadline and not (os.path.isdir(block_dir)
+                                              and any(n.isdigit() for n in os.listdir(block_dir))):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never leave a run behind, whatever failed above
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert "interrupted" in err and f"dblocks train --workdir {workdir}" in err and "--resume" in err

@@ -14,6 +14,11 @@ step peak = argument + output - alias + temp. State that stays resident outside 
 other blocks under `db-interleaved`) is added to give the mode's total. Times are medians over
 repeated calls after a warm-up; they are machine-dependent and never asserted in tests. The
 engine does not build tasks: the caller passes `make_task(config)`.
+
+Each record also holds what an accelerator run needs read (DESIGN.md §14): FLOPs per step from
+XLA's cost analysis of the compiled step, achieved FLOP/s and MFU against the device's peak
+(`engine.hardware`), the compile time of the step (and of the sampler), the attention kernel
+the step holds, and the device's own `peak_bytes_in_use` next to the compiled estimate.
 """
 
 from __future__ import annotations

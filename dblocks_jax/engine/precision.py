@@ -24,6 +24,14 @@ def platform_dtype(backend: str | None = None) -> str:
     return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 
+def resolved(config):
+    """`config` with `model.dtype=auto` replaced by this platform's dtype: what runs, and what a
+    run directory (or an experiment's record) stores."""
+    if config.model.dtype != "auto":
+        return config
+    return config.override({"model.dtype": platform_dtype()})
+
+
 def resolve(dtype: str, backend: str | None = None) -> str:
     """`dtype` with `auto` replaced by the platform's choice."""
     if dtype not in DTYPES:

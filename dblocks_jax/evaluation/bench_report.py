@@ -10,11 +10,13 @@ from dblocks_jax.engine.bench import MODES
 
 
 def markdown_table(records: Sequence[dict]) -> str:
-    """One row per mode and B: memory in MiB (and as a share of e2e), times where measured."""
+    """One row per mode and B: memory in MiB (and as a share of e2e), times where measured, MFU
+    where the device's peak is known, compile time and the attention kernel."""
     e2e = next((r for r in records if r["mode"] == "e2e"), None)
     mib = lambda b: f"{b / 2**20:,.1f}"
     rows = ["| mode | B | step peak MiB | resident state MiB | total MiB | x e2e | analytic MiB | "
-            "step ms | B x step ms | sampler ms (K) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "step ms | B x step ms | sampler ms (K) | MFU | compile s | attention |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in sorted(records, key=lambda r: (MODES.index(r["mode"]), r["num_blocks"])):
         m = r["memory_bytes"]
         ratio = f"{m['total_peak'] / e2e['memory_bytes']['total_peak']:.3f}" if e2e else "-"
@@ -23,8 +25,10 @@ def markdown_table(records: Sequence[dict]) -> str:
         sampler = f"{r['sampler']['time_s'] * 1e3:.1f} ({r['sampler']['num_steps']})" if "sampler" in r else "-"
         analytic = "-" if r["analytic_bytes"] is None else ("(fit)" if r.get("analytic_is_fit") else
                                                              mib(r["analytic_bytes"]))
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         rows.append(f"| {r['mode']} | {r['num_blocks']} | {mib(m['step_peak'])} | {mib(m['resident_state'])} | "
-                    f"{mib(m['total_peak'])} | {ratio} | {analytic} | {step} | {equiv} | {sampler} |")
+                    f"{mib(m['total_peak'])} | {ratio} | {analytic} | {step} | {equiv} | {sampler} | {mfu} | "
+                    f"{r['compile_s']:.1f} | {r.get('attention', '-')} |")
     return "\n".join(rows)
 
 

@@ -39,9 +39,7 @@ class Task(abc.ABC):
     unused_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config):
-        if config.model.dtype == "auto":  # the dtype actually used is what a run directory records
-            config = config.override({"model.dtype": precision.resolve(config.model.dtype)})
-        self.config = config
+        self.config = config = precision.resolved(config)  # the dtype that runs is the one recorded
         self.law = self.make_law()
         self.partition = BlockPartition.make(config.partition.strategy, self.num_blocks, config.partition.overlap,
                                              self.law)
