@@ -36,8 +36,8 @@ from dblocks_jax import get_config, make_task, train
 from dblocks_jax.tasks.masked_lm_eval import score
 
 print("JAX", jax.__version__, "on", jax.devices())
-tiny = {"model.width": 16, "model.num_heads": 2, "text.seq_len": 32, "optim.steps": 30, "data.batch_size": 8,
-        "optim.warmup_steps": 2, "text.eval_sequences": 32, "text.eval_draws": 2,
+tiny = {"model.width": 16, "model.num_heads": 2, "model.num_layers": 3, "text.seq_len": 32, "optim.steps": 30,
+        "data.batch_size": 8, "optim.warmup_steps": 2, "text.eval_sequences": 32, "text.eval_draws": 2,
         "sampling.num_samples": 2} if TINY else {}
 config = get_config("pydoc_md4", tiny)
 task = make_task(config)
@@ -81,7 +81,7 @@ DiffusionBlocks' is the chain's predictive probability averaged over its startin
     ("code", """from dblocks_jax.tasks.autoregressive_lm_eval import continuations, score as ar_score
 from dblocks_jax.tasks.autoregressive_lm_sampling import prompt_ids
 
-ar_tiny = {"model.width": 16, "model.num_heads": 2, "model.num_layers": 4, "text.seq_len": 32, "optim.steps": 20,
+ar_tiny = {"model.width": 16, "model.num_heads": 2, "model.num_layers": 2, "text.seq_len": 32, "optim.steps": 20,
            "data.batch_size": 8, "optim.warmup_steps": 2, "text.eval_sequences": 16, "ar.mc_draws": 2,
            "ar.gen_len": 12} if TINY else {}
 ar_models = {"plain AR": {"ar.objective": "plain", "model.num_blocks": 1},
@@ -119,8 +119,9 @@ preset's steps, Huginn as many as the same FLOPs buy. The curve is held-out bits
 (both methods' predictions depend on a starting noise: the likelihood mixes `recurrent.mc_draws` of them)."""),
     ("code", """from dblocks_jax.tasks.recurrent_lm_eval import bpc_by_steps, equal_compute, training_flops
 
-rec_tiny = {"model.width": 16, "model.num_heads": 2, "text.seq_len": 32, "optim.steps": 20, "data.batch_size": 8,
-            "optim.warmup_steps": 2, "text.eval_sequences": 16, "recurrent.mc_draws": 2,
+rec_tiny = {"model.width": 16, "model.num_heads": 2, "model.num_layers": 3, "recurrent.prelude": 1,
+            "recurrent.core": 1, "recurrent.coda": 1, "text.seq_len": 32, "optim.steps": 20, "data.batch_size": 8,
+            "optim.warmup_steps": 2, "text.eval_sequences": 8, "recurrent.mc_draws": 2,
             "ar.gen_len": 8} if TINY else {}
 huginn_tiny = {"recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2} if TINY else {}
 depths = (1, 2) if TINY else (1, 2, 4, 8, 16, 32)

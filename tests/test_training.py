@@ -157,13 +157,6 @@ def test_non_finite_gradient_with_finite_loss_is_reported_and_not_applied():
         loop.train(task, progress=False)
 
 
-def test_bfloat16_compute_trains_with_float32_parameters():
-    config = tiny_config(dtype="bfloat16", steps=3)
-    result = train(config, progress=False)
-    assert all(x.dtype == np.float32 for x in jax.tree.leaves(result.params))
-    assert all(np.isfinite(loss) for loss in result.final_loss)
-
-
 def test_existing_run_is_not_overwritten_by_accident(tmp_path):
     config = tiny_config(steps=1)
     train(config, str(tmp_path), progress=False, write_artifacts=False)
