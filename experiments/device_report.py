@@ -13,18 +13,17 @@ def _f(value, fmt: str, scale: float = 1.0) -> str:
 
 
 def _steps_table(rows: list[dict], first: tuple[str, ...] = ()) -> list[str]:
-    """One row per measured train step. The device's peak is process-wide and only grows: a row
-    whose reading equals the previous row's shows it in brackets (it may belong to that row)."""
+    """One row per measured train step. The device's peak is process-wide and only grows: a reading
+    that did not grow during the row's own steps is shown in brackets (it belongs to an earlier
+    measurement, and this step's peak is at most that)."""
     head = [*first, "mode", "B", "dtype", "attention", "batch", "step ms", "B x step ms", "examples/s", "tokens/s",
             "MFU", "compile s", "compiled peak GiB", "device peak GiB"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    last = None
     for r in rows:
         device = r.get("device_peak_bytes_in_use")
         shown = _f(device, ".2f", 1 / GIB)
-        if device is not None and device == last:
+        if device is not None and not r.get("device_peak_is_own"):
             shown = f"({shown})"
-        last = device
         cells = [*(str(r.get(k, "")) for k in first), r["mode"], str(r["num_blocks"]), r["dtype"], r["attention"],
                  str(r["batch_size"]), _f(r["step_time_s"], ".1f", 1e3), _f(r["e2e_equivalent_time_s"], ".1f", 1e3),
                  _f(r["examples_per_s"], ",.1f"), _f(r.get("tokens_per_s"), ",.0f"), _f(r["mfu"], ".1%"),
@@ -46,7 +45,8 @@ def markdown(record: dict) -> str:
     if "block768" in s:
         b = s["block768"]
         lines += [f"## 2. Width-768, 12-head stack ({b['config']}): MFU (goal {b['mfu_goal']:.0%})", "",
-                  f"XLA counts {b['counted_flops']:.3e} FLOPs per step; the 6·P·T rule gives {b['rule_6PT_flops']:.3e} "
+                  f"XLA counts {b['counted_flops']:.3e} FLOPs per step; the 6·P·T rule gives "
+                  f"{b['rule_6PT_flops']:.3e} "
                   f"(ratio {b['counted_over_rule']:.3f}, within 20 %: {b['within_20_percent']}). "
                   f"Skipped: {b['skipped'] or 'nothing'}.", ""]
         lines += _steps_table(b["steps"]) + [""]

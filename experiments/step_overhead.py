@@ -50,7 +50,7 @@ def main() -> None:
     m = config.model
     no_layers = DiT(image_size=config.data.image_size, channels=task.info.channels, patch_size=m.patch_size,
                     width=m.width, depth=0, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                    num_classes=task.num_classes, rngs=nnx.Rngs(0))
+                    num_classes=task.num_classes, **task.config.model.stack_options, rngs=nnx.Rngs(0))
     head_only = copy.copy(task)
     head_only.graphdef, params = nnx.split(no_layers, nnx.Param)
     spec = spec_of(batch)

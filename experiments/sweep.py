@@ -40,7 +40,6 @@ from sweep_run import (FORMAT_VERSION, PARAMS_FORMAT, REPO, RUN_ROLES, TRAIN_ROL
 from tqdm.auto import tqdm
 
 from dblocks_jax.config import Config
-from dblocks_jax.engine import precision
 from dblocks_jax.presets import get_config
 
 __all__ = [  # this module, and what the scripts and tests use of sweep_run and sweep_report through it
@@ -171,7 +170,6 @@ def plan(experiment: Experiment, scale: Scale, seeds: Sequence[int]) -> list[Run
             config = scale.config(point.overrides)
         except ValueError as err:
             raise ValueError(f"{experiment.name}, point {point.name}: {err}") from None
-        config = precision.resolved(config)  # records store the dtype that ran
         runs.extend(Run(experiment.name, scale.name, point, seed, config.override({"run.seed": seed}))
                     for seed in seeds)
     return runs

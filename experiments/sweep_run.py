@@ -102,8 +102,8 @@ def same_config(stored: Config | dict, planned: Config | dict, roles: Sequence[s
         if role is not None and role not in roles:
             continue
         if path in a and path in b:
-            if a[path] != b[path]:
-                return False
+            if a[path] != b[path] and not (path == "model.dtype" and "auto" in (a[path], b[path])):
+                return False  # (`auto` is whatever dtype the machine that ran it chose: it matches both)
         elif path not in defaults or a.get(path, b.get(path)) != default:
             return False
     return True

@@ -36,7 +36,8 @@ def main() -> None:
             quality, sampling = sweep.sample_and_score(config, params, caches.classifier(config),
                                                        caches.reference(config))
             records.append({"point": dataset, "params": {"dataset": dataset, "B": config.model.num_blocks},
-                            "seed": seed, "quality": quality, "sampling": sampling, "config": config.to_dict()})
+                            "seed": seed, "quality": quality, "sampling": sampling,
+                            "config": trainer.config.to_dict()})  # the dtype that ran
         rows.extend(sweep.aggregate(records, ("frechet_distance", "conditional_accuracy")))
         all_records.extend(records)
     path = os.path.join(sweep.default_out_dir("blocks", "small"), f"untrained_{scale.name}.json")

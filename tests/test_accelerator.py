@@ -34,7 +34,8 @@ def _active(params, key):
     identity (adaLN-Zero) and its loss would not depend on the compute dtype at all."""
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(treedef, [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+    moved = [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    return jax.tree.unflatten(treedef, moved)
 
 
 def test_bfloat16_loss_is_within_one_percent_of_float32():
@@ -50,7 +51,8 @@ def test_bfloat16_loss_is_within_one_percent_of_float32():
 
 
 def test_bfloat16_training_descends(tmp_path):
-    config = tiny_config(num_blocks=1, num_layers=2, dtype="bfloat16", steps=24, warmup_steps=2, log_every=6, learning_rate=3e-3)
+    config = tiny_config(num_blocks=1, num_layers=2, dtype="bfloat16", steps=24, warmup_steps=2, log_every=6,
+                         learning_rate=3e-3)
     result = loop.train(make_task(config), str(tmp_path), progress=False, write_artifacts=False)
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(result.params))
     losses = [json.loads(line)["loss"] for line in open(tmp_path / "metrics.jsonl")]
@@ -124,18 +126,28 @@ def test_prefetch_reads_ahead_on_the_device_and_resumes_at_the_next_unread_batch
     following = [float(next(prefetch)["x"][0]) for _ in range(3)]
     prefetch.restore(position)
     assert [float(next(prefetch)["x"][0]) for _ in range(3)] == following == [2, 3, 4]
-    prefetch.close()
-    assert stream.i == prefetch.state()["i"] == 4  # the read-ahead is dropped, the position kept
+    prefetch.close()  # the block is done: the read-ahead is dropped
+    assert not prefetch.queue and prefetch.state() == {"i": stream.i} == {"i": 7}
     with pytest.raises(ValueError, match="allowed: an integer >= 1"):
         DevicePrefetch(stream, size=0)
 
 
 def test_metrics_leave_the_device_only_at_log_intervals(monkeypatch):
-    """Every device-to-host read of a jax.Array's value is counted. On a GPU/TPU the transfer
-    guard refuses the implicit ones; the CPU shares memory with its 'device', so the guard never
-    fires there and the count is what the test checks."""
-    reads, original = [], ArrayImpl._value
-    monkeypatch.setattr(ArrayImpl, "_value", property(lambda self: (reads.append(self.shape), original.fget(self))[1]))
+    """Every device-to-host read of a jax.Array's value is counted, and whether `jax.device_get`
+    made it. On a GPU/TPU the transfer guard refuses implicit reads; the CPU shares memory with
+    its 'device', so the guard never fires there and the count is what the test checks."""
+    reads, explicit, original_value, original_get = [], [], ArrayImpl._value, jax.device_get
+
+    def device_get(tree):
+        explicit.append(True)
+        try:
+            return original_get(tree)
+        finally:
+            explicit.pop()
+
+    monkeypatch.setattr(jax, "device_get", device_get)
+    monkeypatch.setattr(ArrayImpl, "_value", property(lambda self: (reads.append(bool(explicit)),
+                                                                    original_value.fget(self))[1]))
     seen = []
     config = tiny_config(num_blocks=1, num_layers=2, steps=12, log_every=4, checkpoint_every=0)
     with jax.transfer_guard_device_to_host("disallow"):
@@ -146,3 +158,4 @@ def test_metrics_leave_the_device_only_at_log_intervals(monkeypatch):
     assert grew == [4, 8], seen
     assert seen[0] == 0  # nothing before the first flush, compiles included (no key captured as a constant)
     assert seen[4] - seen[3] == 2 * 4 + 1  # (loss, gradient norm) of each step of the interval, and the lr logged
+    assert all(reads)  # every read explicit: none that a GPU's transfer guard would refuse

@@ -24,7 +24,7 @@ def test_sequential_blocks_need_far_less_memory_than_end_to_end():
 
 def test_bench_records_have_every_field(tmp_path):
     settings = bench.BenchSettings(num_blocks=(2,), time_steps=2, warmup_steps=1, sample_steps=2,
-                                   sample_batch=2, sample_repeats=1)
+                                   sample_batch=2, sample_repeats=1, peak_tflops=0.001)
     # Unrolled layers: FLOPs come from the compiled step itself (the scanned case is tested below).
     config = tiny_config(batch_size=4, num_layers=2, scan_layers=False)
     records = bench.run_bench(config, make_task, settings, progress=False)
@@ -39,6 +39,8 @@ def test_bench_records_have_every_field(tmp_path):
         assert set(m) == {"argument", "output", "alias", "temp", "step_peak", "resident_state", "total_peak"}
         assert m["step_peak"] == m["argument"] + m["output"] - m["alias"] + m["temp"]
         assert len(r["step_times_s"]) == 2 and r["flops_per_step"] > 0 and r["compile_s"] > 0
+        assert r["attention"] == "xla" and r["dtype"] == "float32" and r["peak_source"] == "--peak-tflops"
+        assert r["mfu"] == pytest.approx(r["model_flops_per_step"] / r["step_time_s"] / 1e9)
     by_mode = {r["mode"]: r for r in records}
     # FLOPs count every layer: e2e runs 2 layers, each block of B = 2 one.
     assert by_mode["e2e"]["flops_per_step"] > 1.3 * by_mode["db-sequential"]["flops_per_step"]

@@ -110,8 +110,10 @@ def test_default_chain_calls_each_block_once_and_predictions_ignore_the_batch(ta
         task.inference_steps(0)
     images = np.asarray(batch_of(task, 12)["image"])
     whole = task.predict_logits(params, images, seed=5)
-    np.testing.assert_allclose(task.predict_logits(params, images, seed=5, batch_size=5), whole, rtol=1e-5,
-                               atol=1e-6)
+    # Batches of 5 and of 12 round their float32 matmuls differently (up to ~2e-4 relative on the
+    # CPU's elemental emitters); noise drawn per batch instead of per example would move logits by O(1).
+    np.testing.assert_allclose(task.predict_logits(params, images, seed=5, batch_size=5), whole, rtol=1e-3,
+                               atol=1e-4)
 
 
 def test_blocks_start_from_one_label_table_and_differ_elsewhere():

@@ -24,12 +24,12 @@ def test_device_check_tiny_runs_every_section_and_writes_its_table(tmp_path):
     assert set(by_mode) == {(m, "float32") for m in device_check.TINY_MODES}
     # B = 3 holds a third of the layers: its compiled step is smaller.
     assert by_mode[("db-sequential", "float32")]["step_peak_bytes"] < by_mode[("e2e", "float32")]["step_peak_bytes"]
-    assert all(r["attention"] == "xla" and r["mfu"] is None for r in s["dit"]["steps"])  # a CPU: no peak known
+    assert all(r["attention"] == "xla" and r["step_time_s"] > 0 for r in s["dit"]["steps"])
     assert s["block768"]["within_20_percent"] and s["block768"]["skipped"] == {
         "cudnn": "cuDNN flash attention needs a GPU and bfloat16"}
     e2e, db = s["sampler"]["rows"]
     assert e2e["layer_evals_per_sample"] == 3 * db["layer_evals_per_sample"]
-    assert s["parallel"]["parallel"]["block_steps_per_call"] == 3
+    assert all(s["parallel"][k]["examples_per_s"] > 0 for k in ("parallel", "sequential"))
     assert {r["preset"] for r in s["language"]["steps"]} == {"text8_md4", "lm1b_ar"}
     assert all(b["last_interval_loss"] < b["first_interval_loss"] for b in s["training"]["blocks"].values())
 

@@ -208,10 +208,14 @@ def test_diverged_samples_are_flagged(capsys):
 
 def test_ctrl_c_prints_one_line_with_the_resume_command_and_exits_130(tmp_path):
     workdir = str(tmp_path / "run")
-    # A child of a shell's background job inherits SIGINT ignored: restore the default, as a
-    # terminal's Ctrl-C would find it. Steps enough that only the signal ends the run.
-    proc = cli_child("train", "--workdir", workdir, "--steps", "100000", "--set", "run.checkpoint_every=5", *TINY,
-                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # A child of a shell's background job inherits SIGINT ignored: the child restores Python's own
+    # handler first, as a terminal's Ctrl-C would find it. Steps enough that only the signal ends it.
+    args = ["train", "--workdir", workdir, "--steps", "100000", "--set", "run.checkpoint_every=5", *TINY]
+    restore = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               f"sys.argv = ['dblocks'] + {args!r}; runpy.run_module('dblocks_jax', run_name='__main__')")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=child_xla_flags(1))
+    proc = subprocess.Popen([sys.executable, "-c", restore], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         deadline = time.time() + 240
         block_dir = os.path.join(workdir, "checkpoints", "block_000")

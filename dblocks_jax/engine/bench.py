@@ -15,8 +15,9 @@ other blocks under `db-interleaved`) is added to give the mode's total. Times ar
 repeated calls after a warm-up; they are machine-dependent and never asserted in tests. The
 engine does not build tasks: the caller passes `make_task(config)`.
 
-Each record also holds what an accelerator run needs read (DESIGN.md §14): FLOPs per step from
-XLA's cost analysis of the compiled step, achieved FLOP/s and MFU against the device's peak
+Each record also holds what an accelerator run needs read (docs/architecture.md, "The
+accelerator path"): FLOPs per step from XLA's cost analysis of the compiled step, achieved FLOP/s
+and MFU against the device's peak
 (`engine.hardware`), the compile time of the step (and of the sampler), the attention kernel
 the step holds, and the device's own `peak_bytes_in_use` next to the compiled estimate.
 """
@@ -123,10 +124,11 @@ def counted_flops(config, make_task: Callable, compiled=None, cache: dict | None
                   attention: str = "xla") -> float | None:
     """FLOPs of one train step from XLA's cost analysis. A scanned layer stack's loop body is
     counted once whatever its trip count, and a cuDNN attention kernel (a custom call) not at all,
-    so such a step is counted on its twin with unrolled layers and XLA attention (same parameters
-    and math; compiled, never run). The twin computes in float32: the model's FLOPs do not depend
-    on the dtype. `cache` keeps the twins' counts: modes that differ only in their schedule (e2e
-    and db-sequential at B = 1, db-interleaved and db-sequential) or dtype compile the same twin."""
+    so such a step is counted on its twin with unrolled layers, XLA attention and float32 compute
+    (same parameters and math; compiled, never run: the model's FLOPs do not depend on the dtype).
+    A step that needs no twin is counted as compiled (a bfloat16 one then includes its converts).
+    `cache` keeps the twins' counts: modes that differ only in their schedule (e2e and
+    db-sequential at B = 1, db-interleaved and db-sequential) or dtype compile the same twin."""
     if compiled is not None and not config.model.scan_layers and attention == "xla":
         return step_flops(compiled)
     unrolled = config.override({"model.scan_layers": False, "schedule.name": "sequential", "model.dtype": "float32",
@@ -235,6 +237,7 @@ def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettin
         if settings.time_steps:
             if progress:
                 print(f"bench: timing {record['mode']} B={num_blocks}", flush=True)
+            before = hardware.device_memory().get("peak_bytes_in_use")
             resident = [trainer.init_state(b) for b in range(1, num_blocks)] \
                 if record["mode"] == "db-interleaved" else []  # the other blocks, as in real training
             times = time_steps(trainer, compiled, settings)
@@ -244,7 +247,10 @@ def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettin
             if record["flops_per_step"]:
                 record["achieved_flops_per_s"] = record["flops_per_step"] / step  # hardware FLOPs, recompute included
                 record["mfu"] = record["model_flops_per_step"] / step / peak if peak else None
-            record["device_peak_bytes_in_use"] = hardware.device_memory().get("peak_bytes_in_use")
+            after = hardware.device_memory().get("peak_bytes_in_use")
+            # The counter is process-wide and never falls: a reading is this mode's own only if it grew.
+            record["device_peak_bytes_in_use"] = after
+            record["device_peak_is_own"] = after is not None and (before is None or after > before)
         if settings.sample_steps and record["mode"] in ("e2e", "db-sequential"):
             sampler = time_sampler(trainer.task, settings)
             if sampler is not None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import jax
 
-# Dense bfloat16 peak per device, TFLOP/s (vendor specifications, without sparsity). Matched as a
-# case-insensitive substring of `device.device_kind`, first match wins: longer names first.
+# Dense bfloat16 peak per device, TFLOP/s (vendor specifications, without sparsity; an H100 is the
+# SXM part unless its name says PCIe or NVL). Matched as a case-insensitive substring of
+# `device.device_kind`, first match wins: the more specific names first.
 PEAK_TFLOPS = (
-    ("H200", 989.0), ("H100", 989.0), ("A100", 312.0),
+    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("A100", 312.0),
     ("TPU v5 lite", 197.0), ("TPU v5e", 197.0), ("TPU v5p", 459.0), ("TPU v5", 459.0), ("TPU v4", 275.0),
 )
 

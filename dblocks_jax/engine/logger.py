@@ -96,7 +96,7 @@ class MetricsLogger:
             step, block_step = rows[-1][:2]
             records.append({"step": step + 1, "block": block, "block_step": block_step + 1,
                             "loss": self.last_loss[block], "grad_norm": float(np.mean([r[3] for r in rows])),
-                            "lr": float(self.schedule(block_step)),
+                            "lr": float(jax.device_get(self.schedule(block_step))),  # explicit: no implicit sync
                             "elapsed_s": round(time.perf_counter() - self.start, 3)})
         if self.path:
             with open(self.path, "a") as f:

@@ -1,7 +1,8 @@
 """Compute precision: float32 or bfloat16 matmuls over float32 parameters.
 
-Mixed precision as the accelerators want it (DESIGN.md §14): parameters, gradients, optimizer
-state and EMA stay float32; a network computes its matmuls and activations in its compute dtype;
+Mixed precision as the accelerators want it (docs/architecture.md, "The accelerator path"):
+parameters, gradients, optimizer state and EMA stay float32; a network computes its matmuls and
+activations in its compute dtype;
 the loss, EDM's scalings c_skip/c_out/c_in/λ(σ) and every softmax stay float32 (the tasks cast
 logits up before the cross-entropy, `engine.edm` works in float32, and
 `jax.nn.dot_product_attention` takes its softmax in float32 whatever its inputs are).

@@ -59,10 +59,6 @@ class DevicePrefetch:
         rundir.restore_stream(self.stream, state, self.block)
 
     def close(self) -> None:
-        """Drop the batches read ahead (their device memory); a resumable stream is moved back to
-        the first of them (a stream without a position has nothing to keep)."""
-        if self.queue:
-            state = self.state()
-            self.queue.clear()
-            if state is not None:
-                rundir.restore_stream(self.stream, state, self.block)
+        """Drop the batches read ahead (their device memory), once the block is done: nothing reads
+        the stream again, so it is not moved back (a Grain stream would restart its readers)."""
+        self.queue.clear()

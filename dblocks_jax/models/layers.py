@@ -14,6 +14,7 @@ B batch, L tokens, D width, H heads, K head size, F MLP hidden width, C conditio
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -102,21 +103,41 @@ def attend(q_BTHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array, mask: jax.Ar
     """Softmax attention through `jax.nn.dot_product_attention` (its softmax is float32 whatever
     the inputs). `implementation`: `xla`, `cudnn` (cuDNN flash attention: GPU, bfloat16 or float16,
     head size a multiple of 8; an error otherwise), or `auto`, which is cuDNN where it accepts the
-    call and XLA elsewhere. JAX's own default (None) is XLA everywhere, which leaves the fused
-    kernel unused on a GPU. Which one a compiled step holds is read from its HLO by
-    `engine.bench.attention_kernel`, so a bench record states what ran."""
+    call, forward and backward, and XLA elsewhere. JAX's own default (None) is XLA everywhere,
+    which leaves the fused kernel unused on a GPU. Which one a step holds is read from its lowered
+    text by `engine.hardware.attention_kernel`, so a bench record states what ran."""
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r}; allowed: "
                          f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
     call = lambda impl: jax.nn.dot_product_attention(q_BTHK, k_BSHK, v_BSHK, mask=mask, implementation=impl)
-    if implementation == "cudnn":
-        return call("cudnn")
-    if implementation == "auto" and jax.default_backend() == "gpu" and q_BTHK.dtype in (jnp.bfloat16, jnp.float16):
-        try:  # cuDNN checks the call (shapes, head size, GPU generation) while tracing, before binding anything
-            return call("cudnn")
-        except (NotImplementedError, ValueError, RuntimeError):
-            pass
-    return call("xla")
+    if implementation == "auto":
+        mask_shape = None if mask is None else tuple(mask.shape)
+        implementation = "cudnn" if _cudnn_accepts(q_BTHK.shape, k_BSHK.shape, jnp.dtype(q_BTHK.dtype).name,
+                                                   mask_shape) else "xla"
+    return call(implementation)
+
+
+@functools.lru_cache(maxsize=None)
+def _cudnn_accepts(q_shape: tuple, k_shape: tuple, dtype: str, mask_shape: tuple | None) -> bool:
+    """Whether cuDNN takes this attention, forward and backward. Its checks run while tracing, and
+    the training-only ones (an even sequence length with a mask, ...) only when the call is
+    differentiated, which inside a scanned or rematerialised layer happens after the layer's own
+    trace: so the gradient of the call is traced here, on abstract inputs, once per shape. (cuDNN
+    can still refuse a graph when XLA compiles it; that error is not caught.)"""
+    if jax.default_backend() != "gpu" or dtype not in ("bfloat16", "float16"):
+        return False
+    spec = lambda shape: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+
+    def loss(q, k, v):
+        mask = None if mask_shape is None else jnp.ones(mask_shape, bool)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+        return out.astype(jnp.float32).sum()
+
+    try:
+        jax.eval_shape(jax.grad(loss, argnums=(0, 1, 2)), spec(q_shape), spec(k_shape), spec(k_shape))
+    except (NotImplementedError, ValueError, RuntimeError, TypeError):
+        return False
+    return True
 
 
 class AdaLNZeroLayer(nnx.Module):

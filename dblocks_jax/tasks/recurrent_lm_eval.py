@@ -134,7 +134,8 @@ def training_flops(config) -> dict:
         n, length, width = config.data.batch_size, config.text.seq_len - 1, config.model.width
         state = jax.ShapeDtypeStruct((n, length, width), jnp.float32)
         # One iteration is one pass of the core's layers: a scanned stack is counted on its unrolled twin.
-        unrolled = make_task(config.override({"model.scan_layers": False}))
+        unrolled = make_task(config.override({"model.scan_layers": False, "model.dtype": "float32",
+                                              "model.attention": "xla"}))  # as bench.counted_flops counts
         one = jax.jit(lambda p, s, e: unrolled.network(p).iterate(s, e)).lower(unrolled.abstract_params, state, state)
         out["iteration"] = bench.step_flops(one.compile())
         out["step"] = counted + free * out["iteration"]
