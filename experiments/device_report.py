@@ -17,7 +17,7 @@ def _steps_table(rows: list[dict], first: tuple[str, ...] = ()) -> list[str]:
     that did not grow during the row's own steps is shown in brackets (it belongs to an earlier
     measurement, and this step's peak is at most that)."""
     head = [*first, "mode", "B", "dtype", "attention", "batch", "step ms", "B x step ms", "examples/s", "tokens/s",
-            "MFU", "compile s", "compiled peak GiB", "device peak GiB"]
+            "TFLOP/s", "MFU", "compile s", "compiled peak GiB", "device peak GiB"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         device = r.get("device_peak_bytes_in_use")
@@ -26,7 +26,8 @@ def _steps_table(rows: list[dict], first: tuple[str, ...] = ()) -> list[str]:
             shown = f"({shown})"
         cells = [*(str(r.get(k, "")) for k in first), r["mode"], str(r["num_blocks"]), r["dtype"], r["attention"],
                  str(r["batch_size"]), _f(r["step_time_s"], ".1f", 1e3), _f(r["e2e_equivalent_time_s"], ".1f", 1e3),
-                 _f(r["examples_per_s"], ",.1f"), _f(r.get("tokens_per_s"), ",.0f"), _f(r["mfu"], ".1%"),
+                 _f(r["examples_per_s"], ",.1f"), _f(r.get("tokens_per_s"), ",.0f"),
+                 _f(r.get("achieved_flops_per_s"), ".3f", 1e-12), _f(r["mfu"], ".1%"),
                  _f(r["compile_s"], ".1f"), _f(r["step_peak_bytes"], ".3f", 1 / GIB), shown]
         out.append("| " + " | ".join(cells) + " |")
     return out

@@ -74,6 +74,7 @@ def test_flops_of_a_scanned_stack_count_every_layer():
                               "multiple of model.num_blocks=3"),
     (["--num-blocks", "two"], "--num-blocks expects comma-separated integers"),
     (["--time-steps", "-1"], "--time-steps and --sample-steps must be >= 0"),
+    (["--peak-tflops", "-1"], "--peak-tflops=-1.0; allowed: a number > 0 (TFLOP/s)"),
 ])
 def test_bad_bench_arguments_fail_before_anything_compiles(args, message, monkeypatch, capsys):
     monkeypatch.setattr(bench, "compile_step", lambda *a: pytest.fail("compiled despite bad arguments"))
