@@ -81,6 +81,14 @@ def batch(args, preset_batch: int) -> int:
     return min(preset_batch, args.max_batch) if args.max_batch else preset_batch
 
 
+def preset(args, name: str, full: dict, tiny: dict, dtype: str | None = None, **overrides):
+    """Preset `name` with the section's overrides (`tiny` on top with --tiny), the compute dtype
+    (default: the last of --dtypes) and the batch capped by --max-batch."""
+    config = get_config(name, {**full, **(tiny if args.tiny else {}), "model.dtype": dtype or args.dtypes[-1],
+                               **overrides})
+    return config.override({"data.batch_size": batch(args, config.data.batch_size)})
+
+
 def step_row(r: dict, tokens_per_example: int | None = None) -> dict:
     """The fields of a bench record the tables show."""
     row = {k: r.get(k) for k in ("mode", "num_blocks", "dtype", "attention", "batch_size", "step_time_s",
@@ -99,8 +107,7 @@ def dit(args, flops: dict) -> dict:
     device's process-wide peak counter is each mode's own: `device_report` marks the rest)."""
     rows = []
     for dtype in args.dtypes:
-        config = get_config("cifar10_dit_s", {**DIT, **(TINY_DIT if args.tiny else {}), "model.dtype": dtype})
-        config = config.override({"data.batch_size": batch(args, config.data.batch_size)})
+        config = preset(args, "cifar10_dit_s", DIT, TINY_DIT, dtype)
         s = settings(args, num_blocks=(3,), modes=TINY_MODES if args.tiny else MODES, count_flops=not args.tiny)
         records = bench.run_bench(config, make_task, s, flop_cache=flops)
         rows += [step_row(r) for r in records]
@@ -109,8 +116,7 @@ def dit(args, flops: dict) -> dict:
 
 def block768(args, flops: dict) -> dict:
     """Section 2: MFU of a DiT-B-sized stack per attention kernel, and the FLOP count's check."""
-    config = get_config("cifar10_dit_s", {**DIT_B, **(TINY_DIT_B if args.tiny else {}), "model.dtype": args.dtypes[-1]})
-    config = config.override({"data.batch_size": batch(args, config.data.batch_size)})
+    config = preset(args, "cifar10_dit_s", DIT_B, TINY_DIT_B)
     rows, skipped = [], {}
     for attention in ("xla", "cudnn"):
         if attention == "cudnn" and (jax.default_backend() != "gpu" or config.model.dtype == "float32"):
@@ -123,14 +129,14 @@ def block768(args, flops: dict) -> dict:
     tokens = config.data.batch_size * (config.data.image_size // config.model.patch_size) ** 2
     rule = 6 * per_token_parameters(task.abstract_params) * tokens
     counted = rows[0]["model_flops_per_step"]
-    failures = [f"XLA's count is {counted / rule:.3f} x the 6·P·T rule, not within 20 %"] \
-        if abs(counted / rule - 1) > 0.2 else []
+    within = abs(counted / rule - 1) <= 0.2
+    failures = [] if within else [f"XLA's count is {counted / rule:.3f} x the 6·P·T rule, not within 20 %"]
     failures += [f"attention={r['attention']} ran where cudnn was asked for" for r in rows[1:]
                  if r["attention"] != "cudnn"]
     model = config.to_dict()["model"]
     return {"config": {k: model[k] for k in ("width", "num_heads", "num_layers")}, "tokens_per_step": tokens,
             "rule_6PT_flops": rule, "counted_flops": counted, "counted_over_rule": counted / rule,
-            "within_20_percent": abs(counted / rule - 1) <= 0.2, "mfu_goal": 0.45, "steps": rows, "skipped": skipped,
+            "within_20_percent": within, "mfu_goal": 0.45, "steps": rows, "skipped": skipped,
             "failures": failures}
 
 
@@ -138,8 +144,7 @@ def sampler(args, flops: dict) -> dict:
     """Section 3: the chain's images per second, 50 Euler steps, e2e vs B = 3."""
     out = []
     for num_blocks in (1, 3):
-        config = get_config("cifar10_dit_s", {**DIT, **(TINY_DIT if args.tiny else {}), "model.dtype": args.dtypes[-1],
-                                              "model.num_blocks": num_blocks})
+        config = preset(args, "cifar10_dit_s", DIT, TINY_DIT, **{"model.num_blocks": num_blocks})
         s = settings(args, sample_steps=5 if args.tiny else 50, sample_batch=batch(args, 4 if args.tiny else 256),
                      sample_repeats=2 if args.tiny else args.sample_repeats)
         timing = bench.time_sampler(make_task(config), s)
@@ -149,9 +154,7 @@ def sampler(args, flops: dict) -> dict:
 
 def parallel(args, flops: dict) -> dict:
     """Section 4: every block one step per call on one device (mesh 1 x 1) vs one block per call."""
-    config = get_config("cifar10_dit_s", {**DIT, **(TINY_DIT if args.tiny else {}), "model.dtype": args.dtypes[-1],
-                                          "model.num_blocks": 3})
-    config = config.override({"data.batch_size": batch(args, config.data.batch_size)})
+    config = preset(args, "cifar10_dit_s", DIT, TINY_DIT, **{"model.num_blocks": 3})
     trainer = BlockTrainer(make_task(config))
     n, spec = config.data.batch_size, trainer.task.batch_spec(config.data.batch_size)
     host = bench.random_batch(spec, np.random.default_rng(0))
@@ -178,14 +181,12 @@ def parallel(args, flops: dict) -> dict:
 def language(args, flops: dict) -> dict:
     """Section 5: the language tasks' train steps, e2e and DiffusionBlocks."""
     rows = []
-    for preset, num_blocks, extra, tiny in LANGUAGE:
-        config = get_config(preset, {**TEXT, **extra, **({**TINY_TEXT, **tiny} if args.tiny else {}),
-                                     "model.dtype": args.dtypes[-1]})
-        config = config.override({"data.batch_size": batch(args, config.data.batch_size)})
+    for name, num_blocks, extra, tiny in LANGUAGE:
+        config = preset(args, name, {**TEXT, **extra}, {**TINY_TEXT, **tiny})
         modes = ("db-sequential",) if args.tiny else ("e2e", "db-sequential")
         s = settings(args, num_blocks=(num_blocks,), modes=modes, count_flops=not args.tiny)
         for r in bench.run_bench(config, make_task, s, flop_cache=flops):
-            rows.append({"preset": preset, **step_row(r, config.text.seq_len)})
+            rows.append({"preset": name, **step_row(r, config.text.seq_len)})
     return {"data": "pydoc (text8 and lm1b are not on the device machine; only shapes matter)", "steps": rows}
 
 
