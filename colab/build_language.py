@@ -83,7 +83,7 @@ from dblocks_jax.tasks.autoregressive_lm_sampling import prompt_ids
 
 ar_tiny = {"model.width": 16, "model.num_heads": 2, "model.num_layers": 2, "text.seq_len": 32, "optim.steps": 20,
            "data.batch_size": 8, "optim.warmup_steps": 2, "text.eval_sequences": 16, "ar.mc_draws": 2,
-           "ar.gen_len": 12} if TINY else {}
+           "generation.gen_len": 12} if TINY else {}
 ar_models = {"plain AR": {"ar.objective": "plain", "model.num_blocks": 1},
              "DiffusionBlocks": {"model.num_blocks": 2} if TINY else {}}
 ar = {}
@@ -100,7 +100,7 @@ for name, overrides in ar_models.items():
 The same prompt continued by both models; symbols per second are those of the compiled, KV-cached generation
 on this machine."""),
     ("code", """prompt = "The function "
-ids, note = prompt_ids(ar["plain AR"][0], prompt)
+ids, note = prompt_ids(ar["plain AR"][0].config, prompt)
 print(note or f"prompt: {prompt!r}")
 generations = {}
 for name, (ar_task, params, _) in ar.items():
@@ -122,7 +122,7 @@ preset's steps, Huginn as many as the same FLOPs buy. The curve is held-out bits
 rec_tiny = {"model.width": 16, "model.num_heads": 2, "model.num_layers": 3, "recurrent.prelude": 1,
             "recurrent.core": 1, "recurrent.coda": 1, "text.seq_len": 32, "optim.steps": 20, "data.batch_size": 8,
             "optim.warmup_steps": 2, "text.eval_sequences": 8, "recurrent.mc_draws": 2,
-            "ar.gen_len": 8} if TINY else {}
+            "generation.gen_len": 8} if TINY else {}
 huginn_tiny = {"recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2} if TINY else {}
 depths = (1, 2) if TINY else (1, 2, 4, 8, 16, 32)
 rec_configs = {"DiffusionBlocks": get_config("pydoc_recurrent", rec_tiny),

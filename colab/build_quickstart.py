@@ -96,7 +96,7 @@ Read from the compiled training step (`memory_analysis()`: argument + output - a
 deterministic and needs no profiler. `db-sequential` is DiffusionBlocks with one block resident."""),
     ("code", """settings = bench.BenchSettings(num_blocks=(2, 4) if not TINY else (4,), modes=("e2e", "db-sequential"),
                                time_steps=0, count_flops=False)
-memory_records = bench.run_bench(config, make_task, settings, progress=False)
+memory_records = bench.run_bench(config, settings, progress=False)
 print(bench_report.markdown_table(memory_records))
 
 names = [f"{r['mode']}, B={r['num_blocks']}" for r in memory_records]

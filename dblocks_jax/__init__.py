@@ -12,6 +12,8 @@ import importlib
 
 _EXPORTS = {
     "PRESETS": "dblocks_jax.presets", "Config": "dblocks_jax.config", "get_config": "dblocks_jax.presets",
+    "config_class": "dblocks_jax.config", "make_config": "dblocks_jax.config", "evaluate": "dblocks_jax.runs",
+    "task_class": "dblocks_jax.tasks", "task_names": "dblocks_jax.tasks",
     "EDM": "dblocks_jax.engine.edm", "LinearMasking": "dblocks_jax.engine.masking",
     "NonFiniteLossError": "dblocks_jax.engine.logger",
     "TrainResult": "dblocks_jax.engine.loop", "BlockPartition": "dblocks_jax.engine.partition",
@@ -19,7 +21,7 @@ _EXPORTS = {
     "make_task": "dblocks_jax.tasks",
 }
 __all__ = sorted(_EXPORTS)
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str):

@@ -1,133 +1,114 @@
-"""Named presets: a task's settings for a machine (`dblocks list`), each a set of overrides of
-`Config`'s defaults, and `get_config` to build one with further overrides."""
+"""Named presets (`dblocks list`, `dblocks train --config NAME`). Each task declares its own
+(`Task.presets`), a plug-in's included; here they are gathered from the registry by name, and
+`get_config` builds one with further overrides."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from dblocks_jax.config import TASKS, Config
+from dblocks_jax import config as config_lib
+from dblocks_jax.engine import settings
+from dblocks_jax.tasks import registry
+from dblocks_jax.tasks.plugin import Preset
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
-    name: str
-    description: str
-    overrides: dict
+class NamedPreset:
+    """A preset with the task that declared it."""
+
+    task: str
+    preset: Preset
 
     @property
-    def config(self) -> Config:
-        return Config().override(self.overrides)
+    def name(self) -> str:
+        return self.preset.name
 
     @property
-    def task(self) -> str:
-        return self.overrides.get("task", Config.task)
+    def description(self) -> str:
+        return self.preset.description
+
+    @property
+    def overrides(self) -> dict:
+        return dict(self.preset.overrides)
+
+    @property
+    def config(self) -> config_lib.Config:
+        return config_lib.make_config(self.task, self.overrides)
 
 
-# The classification presets' shared part: a small ViT for the bundled sets, and the paper's recipe
-# (DESIGN sec. 9: 12 layers, patch 4, width 128, 4 heads, MLP 3072, dropout 0.1, B = 3, gamma 0.05,
-# AdamW 5e-4, wd 0.01, clip 1, batch 128, cosine with 10 warm-up epochs, 500 epochs of 50k images:
-# 390 steps per epoch; every block takes that many steps, as the end-to-end run would).
-_VIT = {"task": "image_classification", "model.family": "vit", "model.num_layers": 6, "model.num_blocks": 3,
-        "model.width": 64, "model.num_heads": 4, "model.mlp_ratio": 2.0, "data.batch_size": 64,
-        "optim.learning_rate": 1e-3, "optim.weight_decay": 0.01, "optim.warmup_steps": 100, "optim.steps": 2500,
-        "optim.ema_decay": 0.0, "run.log_every": 50}
-_PAPER_VIT = {"task": "image_classification", "model.family": "vit", "data.image_size": 32,
-              "data.augment": "crop_flip", "data.batch_size": 128, "model.num_layers": 12, "model.num_blocks": 3,
-              "model.width": 128, "model.num_heads": 4, "model.patch_size": 4, "model.mlp_ratio": 24.0,
-              "model.dropout": 0.1, "partition.overlap": 0.05, "optim.learning_rate": 5e-4,
-              "optim.weight_decay": 0.01, "optim.grad_clip": 1.0, "optim.warmup_steps": 3_900,
-              "optim.steps": 195_000, "optim.ema_decay": 0.0, "run.log_every": 100, "run.checkpoint_every": 3_900}
-
-# Masked-diffusion LM (DESIGN sec. 10). The CPU preset: a 12-layer model (4 layers per block at
-# B = 3, as the paper's) narrow enough for a 2-core CPU; 12 divides by B = 1, 2, 3 and 4, so the
-# experiments compare those with equal blocks. The paper's text8 setting: 12 layers, width 768,
-# 12 heads, sequence 256, batch 256, AdamW 3e-4, wd 0.03, 2000 warm-up steps, B = 3, gamma 0.05.
-_MD4 = {"task": "masked_lm", "model.family": "transformer", "model.num_layers": 12, "model.num_blocks": 3,
-        "partition.overlap": 0.05, "optim.weight_decay": 0.03, "optim.ema_decay": 0.0, "sampling.grid": "cosine",
-        "model.positions": "rope"}
-
-# Autoregressive DiffusionBlocks LM (DESIGN sec. 11): the paper's Table 4 setting is 12 layers, width 768,
-# 12 heads, sequence 256, batch 256, AdamW 3e-4, 2500 warm-up steps, B = 4, gamma 0.1 on LM1B (bytes
-# here: no subword tokenizer ships offline). The CPU preset keeps 12 layers and B = 4 (3 layers a block).
-_AR = {"task": "autoregressive_lm", "model.family": "transformer", "model.num_layers": 12, "model.num_blocks": 4,
-       "partition.overlap": 0.1, "optim.ema_decay": 0.0, "model.positions": "rope"}
-
-# Recurrent depth (DESIGN sec. 12): the paper's Table 5 model is Huginn's layout at hidden 512, 8 heads,
-# prelude/core/coda 2/4/2 layers on LM1B. The CPU preset keeps the layout at width 64 and the AR
-# presets' data, so that a plain autoregressive run of pydoc_ar can score its generations.
-# The noise law is centred at ln sigma = 3.5, not EDM's image value -1.2: at B = 1 the core sees the
-# whole law, and below sigma ~ 2 the next token can be read from z (docs/architecture.md).
-_RECURRENT = {"task": "recurrent_lm", "model.family": "transformer", "model.num_layers": 8, "model.num_blocks": 1,
-              "model.positions": "rope", "optim.ema_decay": 0.0, "noise.p_mean": 3.5}
-
-PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("shapes", "tiny DiT, B = 4, on the embedded shapes dataset: trains on a 2-core CPU in minutes", {}),
-    Preset("cifar10_dit_s", "the paper's DiT-S/2 CIFAR-10 setting (12 layers, width 384, B = 3), for GPU/TPU", {
-        "data.dataset": "tfds:cifar10", "data.image_size": 32, "data.batch_size": 512,
-        "model.num_layers": 12, "model.num_blocks": 3, "model.width": 384, "model.num_heads": 6,
-        "model.patch_size": 2, "optim.learning_rate": 1e-4, "optim.warmup_steps": 0, "optim.steps": 400_000,
-        "optim.ema_decay": 0.9999, "sampling.guidance": 2.0, "run.log_every": 100}),
-    Preset("digits_vit", "ViT classifier, B = 3, on the bundled 8x8 digits (at 16x16): a 2-core CPU, minutes",
-           {**_VIT, "data.dataset": "digits", "data.image_size": 16, "data.augment": "crop", "model.patch_size": 4}),
-    Preset("patterns_vit", "ViT classifier, B = 3, on the bundled photo/texture patterns (8 classes, 32x32)",
-           {**_VIT, "data.dataset": "patterns", "data.image_size": 32, "data.augment": "crop_flip",
-            "model.patch_size": 8, "optim.steps": 1500}),
-    Preset("cifar10_vit", "the paper's CIFAR ViT recipe (12 layers, width 128, B = 3) on tfds:cifar10, for GPU/TPU",
-           {**_PAPER_VIT, "data.dataset": "tfds:cifar10"}),
-    Preset("cifar100_vit", "the paper's Table 1 recipe: ViT 12 layers, width 128, patch 4, B = 3, 500 epochs on "
-                           "tfds:cifar100, for GPU/TPU", {**_PAPER_VIT, "data.dataset": "tfds:cifar100"}),
-    Preset("pydoc_md4", "masked-diffusion LM, 12 layers, B = 3, on Python's bundled pydoc text (27 symbols): a "
-                        "2-core CPU, minutes", {
-        **_MD4, "data.dataset": "pydoc", "data.batch_size": 32, "text.seq_len": 64, "model.width": 64,
-        "model.num_heads": 4, "optim.learning_rate": 2e-3, "optim.warmup_steps": 100, "optim.steps": 1500,
-        "text.eval_sequences": 0, "text.eval_draws": 8, "sampling.steps": 64, "sampling.num_samples": 8,
-        "run.log_every": 50}),
-    Preset("text8_md4", "the paper's Table 3 setting: MD4, 12 layers, width 768, 12 heads, seq 256, B = 3 on "
-                        "text8 (give its path: --set data.dataset=text8:PATH), for GPU/TPU", {
-        **_MD4, "data.dataset": "text8:text8.zip", "data.batch_size": 256, "text.seq_len": 256,
-        "model.width": 768, "model.num_heads": 12, "optim.learning_rate": 3e-4, "optim.warmup_steps": 2000,
-        "optim.grad_clip": 1.0, "optim.steps": 1_000_000, "sampling.steps": 256, "sampling.num_samples": 16,
-        "text.eval_sequences": 0, "run.log_every": 100, "run.checkpoint_every": 10_000}),
-    Preset("pydoc_ar", "autoregressive DiffusionBlocks LM, 12 layers, B = 4, on Python's bundled pydoc text: a "
-                       "2-core CPU, minutes (--set ar.objective=plain --set model.num_blocks=1: the AR baseline)", {
-        **_AR, "data.dataset": "pydoc", "data.batch_size": 32, "text.seq_len": 64, "model.width": 64,
-        "model.num_heads": 4, "optim.learning_rate": 2e-3, "optim.warmup_steps": 100, "optim.steps": 600,
-        "text.eval_sequences": 256, "sampling.num_samples": 8, "run.log_every": 50}),
-    Preset("pydoc_recurrent", "recurrent-depth LM (prelude 2, core 4 iterated, coda 2) trained with DiffusionBlocks "
-                              "(B = 1) on Python's bundled pydoc text: a 2-core CPU, minutes (--set "
-                              "recurrent.method=huginn: the Huginn baseline)", {
-        **_RECURRENT, "data.dataset": "pydoc", "data.batch_size": 32, "text.seq_len": 64, "model.width": 64,
-        "model.num_heads": 4, "optim.learning_rate": 2e-3, "optim.warmup_steps": 100, "optim.steps": 1200,
-        "text.eval_sequences": 256, "sampling.num_samples": 8, "run.log_every": 50}),
-    Preset("lm1b_recurrent", "the paper's Table 5 setting: hidden 512, 8 heads, prelude/core/coda 2/4/2 on tfds:lm1b "
-                             "(bytes), for GPU/TPU", {
-        **_RECURRENT, "data.dataset": "tfds:lm1b", "text.vocabulary": "bytes", "data.batch_size": 256,
-        "text.seq_len": 256, "model.width": 512, "model.num_heads": 8, "optim.learning_rate": 3e-4,
-        "optim.warmup_steps": 2500, "optim.steps": 250_000, "ar.gen_len": 128, "ar.prompt_len": 32,
-        "sampling.num_samples": 64, "text.eval_sequences": 2048, "run.log_every": 100,
-        "run.checkpoint_every": 10_000}),
-    Preset("lm1b_ar", "the paper's Table 4 setting: 12 layers, width 768, 12 heads, seq 256, B = 4 on tfds:lm1b "
-                      "(bytes), for GPU/TPU", {
-        **_AR, "data.dataset": "tfds:lm1b", "text.vocabulary": "bytes", "data.batch_size": 256,
-        "text.seq_len": 256, "model.width": 768, "model.num_heads": 12, "optim.learning_rate": 3e-4,
-        "optim.warmup_steps": 2500, "optim.grad_clip": 1.0, "optim.steps": 1_000_000, "ar.gen_len": 128,
-        "ar.prompt_len": 32, "sampling.num_samples": 64, "text.eval_sequences": 2048, "run.log_every": 100,
-        "run.checkpoint_every": 10_000}),
-)}
+def presets() -> dict[str, NamedPreset]:
+    """{name: preset} of every registered task, in registry order; a name two tasks declare is an
+    error naming both."""
+    out: dict[str, NamedPreset] = {}
+    for task, cls in registry.task_classes().items():
+        for preset in cls.presets:
+            if preset.name in out:
+                raise ValueError(f"preset {preset.name!r} is declared by tasks {out[preset.name].task} and {task}")
+            out[preset.name] = NamedPreset(task, preset)
+    return out
 
 
-def get_config(name: str, overrides: dict[str, Any] | None = None, **kw: Any) -> Config:
-    """The preset called `name` with {path: value} `overrides` applied (and validated)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown config preset {name!r}; allowed: {', '.join(sorted(PRESETS))}")
-    return Config().override({**PRESETS[name].overrides, **(overrides or {}), **kw})
+def __getattr__(name: str):
+    if name == "PRESETS":  # computed on access: plug-ins may add presets
+        return presets()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def default_preset() -> str:
+    """What `train` and `bench` run without --config: the first preset of the first task."""
+    return next(iter(presets()))
+
+
+def preset_task(name: str) -> str:
+    """The task that declares preset `name`."""
+    return _find(name).task
+
+
+def _find(name: str) -> NamedPreset:
+    found = presets()
+    if name not in found:
+        raise ValueError(f"unknown config preset {name!r}; allowed: {', '.join(sorted(found))}")
+    return found[name]
+
+
+def get_config(name: str, overrides: dict[str, Any] | None = None, **kw: Any) -> config_lib.Config:
+    """The preset called `name` with {path: value} `overrides` applied (and validated). A "task"
+    entry switches to that task (its own sections start at their defaults)."""
+    preset = _find(name)
+    overrides = {**(overrides or {}), **kw}
+    task = overrides.pop("task", preset.task)
+    if task != preset.task:  # the preset's common fields carry over to the other task
+        return preset.config.override({"task": task, **overrides})
+    return config_lib.make_config(task, {**preset.overrides, **overrides})
 
 
 def describe_presets() -> str:
     """The presets grouped by task, one line each (`dblocks list`)."""
     lines = []
-    for task in TASKS:
-        lines.append(f"{task}:")
-        lines.extend(f"  {p.name:<16} {p.description}" for p in PRESETS.values() if p.task == task)
+    for task, cls in registry.task_classes().items():
+        lines.append(f"{task} ({cls.family}){': ' + cls.description if cls.description else ''}")
+        lines.extend(f"  {p.name:<16} {p.description}" for p in cls.presets)
+    return "\n".join(lines)
+
+
+def describe_fields() -> str:
+    """Every config field with its type, default and role: the common sections, then each task's
+    own sections (`dblocks list --fields`)."""
+    def rows(cls, heads) -> list[str]:
+        types = settings.field_types(cls)
+        out = []
+        for path, (default, f) in settings.defaults(cls).items():
+            if path.split(".")[0] in heads:
+                doc = f.metadata.get("doc")
+                out.append(f"  {path}: {types[path].__name__} = {default!r} [{f.metadata['role']}]"
+                           + (f"  {doc}" if doc else ""))
+        return out
+
+    common = [f.name for f in dataclasses.fields(config_lib.Config) if f.name != "task"]
+    lines = ["fields (section.field: type = default [role])", "", "common to every task:",
+             *rows(config_lib.Config, common)]
+    for section, (_, tasks) in registry.section_owners().items():
+        lines += ["", f"{section} (tasks: {', '.join(tasks)}):",
+                  *rows(config_lib.config_class(tasks[0]), [section])]
     return "\n".join(lines)

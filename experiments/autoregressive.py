@@ -38,7 +38,8 @@ VARIANTS = {"ar": {"ar.objective": "plain", "model.num_blocks": 1}, "db_B2": {"m
             "db_B4": {"model.num_blocks": 4}}
 BRIDGES = ("soft", "normalised", "hard")
 TINY = {"model.width": 16, "model.num_heads": 2, "model.num_layers": 4, "text.seq_len": 16, "data.batch_size": 8,
-        "optim.warmup_steps": 2, "text.eval_sequences": 8, "ar.mc_draws": 2, "ar.prompt_len": 4, "ar.gen_len": 4}
+        "optim.warmup_steps": 2, "text.eval_sequences": 8, "ar.mc_draws": 2, "generation.prompt_len": 4,
+        "generation.gen_len": 4}
 TINY_VARIANTS = {"db_B4": {"model.num_blocks": 2}}  # 4 layers: B = 2 stands in for B = 4
 
 

@@ -22,14 +22,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dblocks_jax.config import parse_overrides  # noqa: E402
+from dblocks_jax.config import config_class, parse_overrides  # noqa: E402
 from dblocks_jax.engine import bench  # noqa: E402
-from dblocks_jax.presets import get_config  # noqa: E402
+from dblocks_jax.presets import get_config, preset_task  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
 from experiments.common import write_record  # noqa: E402
 
 TINY = {"model.width": 32, "model.num_heads": 2, "model.num_layers": 4, "text.seq_len": 32, "data.batch_size": 8,
-        "ar.prompt_len": 8, "ar.gen_len": 8}
+        "generation.prompt_len": 8, "generation.gen_len": 8}
 MODELS = {"plain": {"ar.objective": "plain", "model.num_blocks": 1}, "db_B4": {"model.num_blocks": 4}}
 
 
@@ -40,7 +40,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=os.environ.get("OUT", os.path.join("experiments", "results",
                                                                             "autoregressive_device")))
     args = parser.parse_args(argv)
-    base = {"data.dataset": "pydoc", **(TINY if args.tiny else {}), **parse_overrides(args.overrides)}
+    base = {"data.dataset": "pydoc", **(TINY if args.tiny else {}),
+            **parse_overrides(args.overrides, config_class(preset_task("lm1b_ar")))}
     models = {**MODELS, "db_B4": {"model.num_blocks": 2}} if args.tiny else MODELS  # 4 tiny layers: B = 2
     record = {"device": str(jax.devices()[0]), "platform": jax.devices()[0].platform, "tiny": args.tiny,
               "data": "pydoc as bytes (lm1b is not on the device machine)", "steps": [], "generation": []}
@@ -49,7 +50,7 @@ def main(argv=None) -> dict:
             config = get_config("lm1b_ar", {**base, **model, "model.dtype": dtype})
             settings = bench.BenchSettings(num_blocks=(config.model.num_blocks,), modes=(
                 "e2e" if config.model.num_blocks == 1 else "db-sequential",), time_steps=3 if args.tiny else 10)
-            for r in bench.run_bench(config, make_task, settings, progress=True):
+            for r in bench.run_bench(config, settings, progress=True):
                 tokens = r["batch_size"] * config.text.seq_len
                 record["steps"].append({"model": name, **{k: r.get(k) for k in (
                     "mode", "num_blocks", "dtype", "memory_bytes", "step_time_s", "flops_per_step", "mfu",
@@ -60,9 +61,9 @@ def main(argv=None) -> dict:
         config = get_config("lm1b_ar", {**base, **model, "model.dtype": "bfloat16"})
         task = make_task(config)
         params = [task.init_params(jax.random.key(b)) for b in range(task.num_blocks)]
-        prompts = np.random.default_rng(0).integers(0, task.vocab_size, (64, config.ar.prompt_len), np.int32)
-        tokens, seconds = task.sampler.generate(params, prompts, config.ar.gen_len)
-        record["generation"].append({"model": name, "prompts": 64, "new_tokens": config.ar.gen_len,
+        prompts = np.random.default_rng(0).integers(0, task.vocab_size, (64, config.generation.prompt_len), np.int32)
+        tokens, seconds = task.sampler.generate(params, prompts, config.generation.gen_len)
+        record["generation"].append({"model": name, "prompts": 64, "new_tokens": config.generation.gen_len,
                                      "network_calls_per_token": None if task.plain else task.inference_steps(),
                                      "seconds": seconds, "tokens_per_s": tokens.size / seconds})
         print(f"{name} generation: {tokens.size / seconds:,.0f} tokens/s (KV cache, 64 prompts)", flush=True)

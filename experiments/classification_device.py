@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from dblocks_jax import data, runs  # noqa: E402
-from dblocks_jax.config import parse_overrides  # noqa: E402
-from dblocks_jax.presets import get_config  # noqa: E402
+from dblocks_jax.config import config_class, parse_overrides  # noqa: E402
+from dblocks_jax.presets import get_config, preset_task  # noqa: E402
 from dblocks_jax.engine import bench  # noqa: E402
 from dblocks_jax.engine.trainer import BlockTrainer  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
     budget = 10.0 if args.tiny else args.budget_s
     dataset, fallback = pick_dataset(args.dataset)
     overrides = {"data.dataset": dataset, "model.num_blocks": args.num_blocks, **(TINY if args.tiny else {}),
-                 **parse_overrides(args.overrides)}
+                 **parse_overrides(args.overrides, config_class(preset_task("cifar100_vit")))}
     if dataset == "patterns":
         overrides["data.augment"] = "crop_flip"
     config = get_config("cifar100_vit", overrides)

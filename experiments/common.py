@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -43,7 +44,11 @@ def step_cost(config, time_steps: int) -> dict:
 
 
 def mean_std(values) -> tuple[float, float]:
+    """Mean and sample std; NaN for both when a value is not finite (a metric a tiny run cannot
+    measure, such as distinct-2 of continuations without two words), which `statistics` refuses."""
     values = list(values)
+    if not all(math.isfinite(v) for v in values):
+        return float("nan"), float("nan")
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 

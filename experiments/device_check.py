@@ -67,7 +67,7 @@ TINY_DIT_B = {**TINY_DIT, "data.image_size": 16, "model.width": 128, "model.num_
               "data.batch_size": 8}
 TEXT = {"data.dataset": "pydoc", "model.num_blocks": 1}
 LANGUAGE = (("text8_md4", 3, {}, {}),
-            ("lm1b_ar", 4, {"text.vocabulary": "bytes"}, {"ar.prompt_len": 4, "ar.gen_len": 8}))
+            ("lm1b_ar", 4, {"text.vocabulary": "bytes"}, {"generation.prompt_len": 4, "generation.gen_len": 8}))
 TINY_TEXT = {"model.width": 32, "model.num_heads": 2, "model.num_layers": 12, "text.seq_len": 16,
              "data.batch_size": 4}
 
@@ -109,7 +109,7 @@ def dit(args, flops: dict) -> dict:
     for dtype in args.dtypes:
         config = preset(args, "cifar10_dit_s", DIT, TINY_DIT, dtype)
         s = settings(args, num_blocks=(3,), modes=TINY_MODES if args.tiny else MODES, count_flops=not args.tiny)
-        records = bench.run_bench(config, make_task, s, flop_cache=flops)
+        records = bench.run_bench(config, s, flop_cache=flops)
         rows += [step_row(r) for r in records]
     return {"preset": "cifar10_dit_s", "steps": rows}
 
@@ -122,7 +122,7 @@ def block768(args, flops: dict) -> dict:
         if attention == "cudnn" and (jax.default_backend() != "gpu" or config.model.dtype == "float32"):
             skipped[attention] = "cuDNN flash attention needs a GPU and bfloat16"
             continue
-        records = bench.run_bench(config.override({"model.attention": attention}), make_task,
+        records = bench.run_bench(config.override({"model.attention": attention}),
                                   settings(args, num_blocks=(1,), modes=("e2e",)), flop_cache=flops)
         rows += [step_row(r) for r in records]
     task = make_task(config)
@@ -147,7 +147,7 @@ def sampler(args, flops: dict) -> dict:
         config = preset(args, "cifar10_dit_s", DIT, TINY_DIT, **{"model.num_blocks": num_blocks})
         s = settings(args, sample_steps=5 if args.tiny else 50, sample_batch=batch(args, 4 if args.tiny else 256),
                      sample_repeats=2 if args.tiny else args.sample_repeats)
-        timing = bench.time_sampler(make_task(config), s)
+        timing = bench.time_inference(make_task(config), s)
         out.append({"num_blocks": num_blocks, "dtype": config.model.dtype, **timing})
     return {"rows": out}
 
@@ -185,7 +185,7 @@ def language(args, flops: dict) -> dict:
         config = preset(args, name, {**TEXT, **extra}, {**TINY_TEXT, **tiny})
         modes = ("db-sequential",) if args.tiny else ("e2e", "db-sequential")
         s = settings(args, num_blocks=(num_blocks,), modes=modes, count_flops=not args.tiny)
-        for r in bench.run_bench(config, make_task, s, flop_cache=flops):
+        for r in bench.run_bench(config, s, flop_cache=flops):
             rows.append({"preset": name, **step_row(r, config.text.seq_len)})
     return {"data": "pydoc (text8 and lm1b are not on the device machine; only shapes matter)", "steps": rows}
 

@@ -54,9 +54,11 @@ def markdown(record: dict) -> str:
     if "sampler" in s:
         lines += ["## 3. Sampler: Euler chain", "", "| B | dtype | steps | batch | images/s | ms per batch | "
                   "layer evals per image | compile + first run s |", "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['num_blocks']} | {r['dtype']} | {r['num_steps']} | {r['batch']} | {r['samples_per_s']:,.1f} | "
-                  f"{r['time_s'] * 1e3:.1f} | {r['layer_evals_per_sample']} | {r['compile_and_first_run_s']:.1f} |"
-                  for r in s["sampler"]["rows"]] + [""]
+        # per_s / layer_evals_per_unit; the older names in records written before version 0.3
+        lines += [f"| {r['num_blocks']} | {r['dtype']} | {r['num_steps']} | {r['batch']} | "
+                  f"{r.get('per_s', r.get('samples_per_s')):,.1f} | {r['time_s'] * 1e3:.1f} | "
+                  f"{r.get('layer_evals_per_unit', r.get('layer_evals_per_sample'))} | "
+                  f"{r['compile_and_first_run_s']:.1f} |" for r in s["sampler"]["rows"]] + [""]
     if "parallel" in s:
         p = s["parallel"]
         lines += [f"## 4. Schedules on one device (B = {p['num_blocks']}, batch {p['batch_size']} per block)", "",

@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from dblocks_jax import runs  # noqa: E402
-from dblocks_jax.config import parse_overrides  # noqa: E402
-from dblocks_jax.presets import get_config  # noqa: E402
+from dblocks_jax.config import config_class, parse_overrides  # noqa: E402
+from dblocks_jax.presets import get_config, preset_task  # noqa: E402
 from dblocks_jax.engine import bench  # noqa: E402
 from dblocks_jax.tasks import make_task  # noqa: E402
 from dblocks_jax.tasks.masked_lm_eval import score  # noqa: E402
@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     budget = 5.0 if args.tiny else args.budget_s
     base = {"data.dataset": "pydoc", "text.eval_sequences": 512, "text.eval_draws": 2,
-            **(TINY if args.tiny else {}), **parse_overrides(args.overrides)}
+            **(TINY if args.tiny else {}), **parse_overrides(args.overrides, config_class(preset_task("text8_md4")))}
     record = {"device": str(jax.devices()[0]), "platform": jax.devices()[0].platform, "tiny": args.tiny,
               "data": "pydoc (text8 is not on the device machine)", "steps": []}
     num_blocks = (1, 3)
@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
         config = get_config("text8_md4", {**base, "model.dtype": dtype, "model.num_blocks": 1})
         settings = bench.BenchSettings(num_blocks=num_blocks, modes=("e2e", "db-sequential"),
                                        time_steps=3 if args.tiny else 10)
-        for r in bench.run_bench(config, make_task, settings, progress=True):
+        for r in bench.run_bench(config, settings, progress=True):
             tokens = r["batch_size"] * config.text.seq_len
             record["steps"].append({k: r.get(k) for k in (
                 "mode", "num_blocks", "dtype", "memory_bytes", "step_time_s", "flops_per_step", "model_flops_per_step",

@@ -12,8 +12,7 @@ import argparse
 import json
 import os
 
-from dblocks_jax import data, get_config, train
-from dblocks_jax.tasks.image_generation_eval import evaluate_run
+from dblocks_jax import data, evaluate, get_config, train
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "quality")
 
@@ -33,7 +32,7 @@ def main() -> None:
             train(get_config("shapes", {"data.dataset": name}), workdir)
         scores = {}
         for label, untrained in (("trained", False), ("untrained", True)):
-            result = evaluate_run(workdir, seeds=seeds, num_samples=args.num_samples, untrained=untrained)
+            result = evaluate(workdir, seeds=seeds, num_samples=args.num_samples, untrained=untrained)
             with open(os.path.join(RESULTS, f"{name}_B4_{label}.json"), "w") as f:
                 json.dump(result, f, indent=1)
             scores[label] = result

@@ -43,7 +43,7 @@ from experiments.common import (add_common_arguments, append_record, mean_std, r
 VARIANTS = {"db": {}, "db_edm_law": {"noise.p_mean": -1.2}, "db_prelude": {"recurrent.target": "prelude"},
             "huginn": {"recurrent.method": "huginn"}, "huginn_equal_compute": {"recurrent.method": "huginn"}}
 TINY = {"model.width": 16, "model.num_heads": 2, "text.seq_len": 16, "data.batch_size": 8, "optim.warmup_steps": 2,
-        "text.eval_sequences": 8, "recurrent.mc_draws": 2, "ar.prompt_len": 4, "ar.gen_len": 4}
+        "text.eval_sequences": 8, "recurrent.mc_draws": 2, "generation.prompt_len": 4, "generation.gen_len": 4}
 TINY_HUGINN = {"recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2}
 TINY_STEPS = (1, 2, 4)
 

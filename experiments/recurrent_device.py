@@ -22,14 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from dblocks_jax.config import parse_overrides  # noqa: E402
-from dblocks_jax.engine import bench  # noqa: E402
-from dblocks_jax.presets import get_config  # noqa: E402
+from dblocks_jax.config import config_class, parse_overrides  # noqa: E402
+from dblocks_jax.presets import get_config, preset_task  # noqa: E402
 from dblocks_jax.tasks.recurrent_lm_eval import training_flops  # noqa: E402
 from experiments.common import step_cost, write_record  # noqa: E402
 
-TINY = {"model.width": 32, "model.num_heads": 2, "text.seq_len": 32, "data.batch_size": 8, "ar.prompt_len": 8,
-        "ar.gen_len": 8}
+TINY = {"model.width": 32, "model.num_heads": 2, "text.seq_len": 32, "data.batch_size": 8, "generation.prompt_len": 8,
+        "generation.gen_len": 8}
 TINY_HUGINN = {"recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2}
 
 
@@ -48,7 +47,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=os.environ.get("OUT", os.path.join("experiments", "results",
                                                                             "recurrent_device")))
     args = parser.parse_args(argv)
-    base = {"data.dataset": "pydoc", **(TINY if args.tiny else {}), **parse_overrides(args.overrides)}
+    base = {"data.dataset": "pydoc", **(TINY if args.tiny else {}),
+            **parse_overrides(args.overrides, config_class(preset_task("lm1b_recurrent")))}
     record = {"device": str(jax.devices()[0]), "platform": jax.devices()[0].platform, "tiny": args.tiny,
               "data": "stand-in batches of lm1b_recurrent's shapes (lm1b is not on the device machine)", "steps": []}
     for method in ("diffusion", "huginn"):

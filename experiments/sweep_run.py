@@ -23,15 +23,16 @@ import numpy as np
 from sweep_report import write_json_atomic
 
 from dblocks_jax import data
-from dblocks_jax.config import Config, flat_to_nested
+from dblocks_jax.config import Config, config_class, flat_to_nested, upgrade
 from dblocks_jax.engine import bench
-from dblocks_jax.engine.settings import SAMPLING, TRAINING_ROLES, leaves, values_with_roles
+from dblocks_jax.engine.settings import SAMPLING, TRAINING_ROLES, defaults, leaves, values_with_roles
 from dblocks_jax.engine.solvers import evaluations_per_sample
 from dblocks_jax.engine.trainer import BlockTrainer
 from dblocks_jax.evaluation import image_quality
 from dblocks_jax.evaluation.plots import image_grid
+from dblocks_jax.presets import default_preset, get_config
 from dblocks_jax.runs import train
-from dblocks_jax.tasks import make_task
+from dblocks_jax.tasks import make_task, task_names
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMAT_VERSION = 2  # of a run record; 1: dblocks-jax 0.1 (its "config" is the flat 0.1 config)
@@ -47,8 +48,15 @@ RUN_ROLES = (*TRAINING_ROLES, SAMPLING)  # what a run measures; FREE fields (boo
 
 
 def _defaults() -> dict[str, tuple[Any, str]]:
-    """{path: (default value, role)} of every field of `Config`."""
-    return {p: (v, f.metadata.get("role")) for p, (v, f) in leaves(Config()).items()}
+    """{path: (default value, role)} of every field of every task's config (a field is the same
+    field in every task that has it). The single `Config` of version 0.2 defaulted to the first
+    task on the default preset's data; they count as defaults here too, so that the keys of those
+    runs stay what they were."""
+    out = {p: (v, f.metadata.get("role")) for task in task_names()
+           for p, (v, f) in defaults(config_class(task)).items()}
+    out["task"] = (task_names()[0], out["task"][1])
+    out["data.dataset"] = (get_config(default_preset()).data.dataset, out["data.dataset"][1])
+    return out
 
 
 def identifying(config: Config, roles: Sequence[str]) -> dict:
@@ -77,6 +85,8 @@ def config_values(config: Config | dict) -> dict[str, Any]:
         for name, value in config.items():
             out.update(flat_to_nested({name: value}) or {name: value})
         return out
+    if config.get("format") == 2:  # version 0.2: every task's sections, model.family
+        config = upgrade(config, config_class(config["task"]).task_class)[0]
     out: dict[str, Any] = {}
 
     def walk(values: dict, prefix: str) -> None:

@@ -30,12 +30,13 @@ import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
-from dblocks_jax.config import Config  # noqa: E402
+from dblocks_jax.config import config_class  # noqa: E402
 from dblocks_jax.presets import get_config  # noqa: E402
 from dblocks_jax.engine.settings import field_types  # noqa: E402
+from dblocks_jax.tasks import task_names  # noqa: E402
 
 _PATHS = {}
-for _path in field_types(Config):
+for _path in sorted({p for task in task_names() for p in field_types(config_class(task))}):
     _PATHS.setdefault(_path.rsplit(".", 1)[-1], []).append(_path)
 # Short names for the tests: a field's last part where it is unique ("width" -> "model.width"),
 # the section-qualified path otherwise.

@@ -23,7 +23,7 @@ from dblocks_jax.tasks.autoregressive_lm_sampling import pick, prompt_ids
 
 TINY = {"text.seq_len": 16, "model.width": 32, "model.num_heads": 2, "model.num_layers": 4, "model.num_blocks": 2,
         "data.batch_size": 16, "optim.warmup_steps": 1, "run.log_every": 10, "text.eval_sequences": 32,
-        "sampling.num_samples": 4, "ar.mc_draws": 4, "ar.prompt_len": 4, "ar.gen_len": 6}
+        "sampling.num_samples": 4, "ar.mc_draws": 4, "generation.prompt_len": 4, "generation.gen_len": 6}
 PLAIN = {"ar.objective": "plain", "model.num_blocks": 1}
 
 
@@ -106,7 +106,7 @@ def test_plain_greedy_generation_is_the_argmax_of_full_passes(plain):
     task, params = plain
     prompts = held_out(task)[:3, :4]
     net = task.network(params[0])
-    tokens, _ = make_task(task.config.replace(**{"ar.temperature": 0.0})).sampler.generate(params, prompts, 6)
+    tokens, _ = make_task(task.config.replace(**{"generation.temperature": 0.0})).sampler.generate(params, prompts, 6)
     assert tokens.shape == (3, 6)
     seq = np.concatenate([prompts, tokens], 1)
     h, _ = net.clean(jnp.asarray(seq[:, :-1]), jnp.arange(seq.shape[1] - 1))
@@ -119,7 +119,7 @@ def test_db_greedy_generation_through_the_cache_is_the_teacher_forced_chain(db, 
     draws each token from (one position at a time, every block's cache filled token by token) are
     those of the chain run on the finished sequence in one teacher-forced pass."""
     task, params = db
-    task = make_task(task.config.replace(**{"ar.temperature": 0.0}))
+    task = make_task(task.config.replace(**{"generation.temperature": 0.0}))
     monkeypatch.setattr(type(task.sampler), "start_noise", lambda self, keys_N, shape: jnp.zeros(
         (len(keys_N), *shape)))
     prompts = held_out(task)[:3, :4]
@@ -200,19 +200,19 @@ def test_the_monte_carlo_likelihood_averages_probabilities_not_log_probabilities
 
 def test_prompt_and_length_errors(db):
     task, params = db
-    ids, note = prompt_ids(task, "Hello, World")
+    ids, note = prompt_ids(task.config, "Hello, World")
     assert task.decode(ids) == "hello world" and "mapped" in note
-    assert prompt_ids(task, "hello")[1] == ""
+    assert prompt_ids(task.config, "hello")[1] == ""
     with pytest.raises(ValueError, match="empty"):
-        prompt_ids(task, "")
-    ids, note = prompt_ids(task, "!!!")  # text8: every other character becomes one space, and says so
+        prompt_ids(task.config, "")
+    ids, note = prompt_ids(task.config, "!!!")  # text8: every other character becomes one space, and says so
     assert task.decode(ids) == " " and "'!!!' -> ' '" in note
     with pytest.raises(ValueError, match="exceeds the trained context text.seq_len=16"):
         task.sampler.generate(params, np.zeros((1, 12), np.int32), 5)
     with pytest.raises(ValueError, match="ar.objective"):
         tiny(**{"ar.objective": "plain"})
-    with pytest.raises(ValueError, match="ar.gen_len"):
-        tiny(**{"ar.gen_len": 13})  # 4 + 13 > text.seq_len=16: refused before training, not after
+    with pytest.raises(ValueError, match="generation.gen_len"):
+        tiny(**{"generation.gen_len": 13})  # 4 + 13 > text.seq_len=16: refused before training, not after
     with pytest.raises(ValueError, match="new tokens=0"):
         task.sampler.generate(params, np.zeros((1, 4), np.int32), 0)
     with pytest.raises(ValueError, match="prompt ids"):
@@ -260,6 +260,13 @@ def test_cli_trains_both_models_evaluates_against_the_reference_and_continues_a_
         lines = f.read().splitlines()
     assert len(lines) == 4 and all(line.startswith("the |") and len(line) == len("the |") + 6 for line in lines)
     assert cli.main(["sample", "--workdir", db_dir, "--out", out_txt, "--prompt", "x" * 30, "--length", "5"]) == 2
-    assert "exceeds the trained context" in capsys.readouterr().err
+    assert "--prompt of 30 symbols plus 5 new ones" in capsys.readouterr().err
+    assert cli.main(["sample", "--workdir", db_dir, "--out", out_txt, "--prompt", "x" * 30, "--set",
+                     "generation.gen_len=3"]) == 2  # the --set value is the one checked
+    assert "--prompt of 30 symbols plus 3 new ones" in capsys.readouterr().err
+    # A short prompt leaves room for more than text.seq_len - generation.prompt_len new symbols.
+    assert cli.main(["sample", "--workdir", db_dir, "--out", out_txt, "--prompt", "ab", "--length", "30",
+                     "--num-samples", "1"]) == 0
+    assert [len(line) for line in open(out_txt).read().splitlines()] == [len("ab|") + 30]
     assert cli.main(["evaluate", "--workdir", ref, "--reference", db_dir]) == 2
     assert "must be a plain autoregressive_lm run" in capsys.readouterr().err

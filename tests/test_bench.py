@@ -1,6 +1,8 @@
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 from conftest import tiny_config
 
@@ -27,7 +29,7 @@ def test_bench_records_have_every_field(tmp_path):
                                    sample_batch=2, sample_repeats=1, peak_tflops=0.001)
     # Unrolled layers: FLOPs come from the compiled step itself (the scanned case is tested below).
     config = tiny_config(batch_size=4, num_layers=2, scan_layers=False)
-    records = bench.run_bench(config, make_task, settings, progress=False)
+    records = bench.run_bench(config, settings, progress=False)
     assert sorted((r["mode"], r["num_blocks"]) for r in records) == sorted(
         [("e2e", 1), ("e2e-remat", 1), ("db-sequential", 2), ("db-interleaved", 2), ("db-remat", 2)])
     for r in records:
@@ -51,8 +53,9 @@ def test_bench_records_have_every_field(tmp_path):
     sequential = next(r for r in records if r["mode"] == "db-sequential" and r["num_blocks"] == 2)
     assert interleaved["memory_bytes"]["resident_state"] == 2 * sequential["memory_bytes"]["resident_state"]
     assert interleaved["memory_bytes"]["total_peak"] > sequential["memory_bytes"]["total_peak"]
-    e2e_sampler = next(r for r in records if r["mode"] == "e2e")["sampler"]
-    assert e2e_sampler["layer_evals_per_sample"] == 2 * sequential["sampler"]["layer_evals_per_sample"]
+    e2e_inference = next(r for r in records if r["mode"] == "e2e")["inference"]
+    assert e2e_inference["unit"] == "images" and e2e_inference["count"] == 2
+    assert e2e_inference["layer_evals_per_unit"] == 2 * sequential["inference"]["layer_evals_per_unit"]
 
     table, chart = bench_report.write_results(records, str(tmp_path / "out" / "bench.json"))
     assert len(json.load(open(tmp_path / "out" / "bench.json"))) == len(records)
@@ -65,7 +68,7 @@ def test_flops_of_a_scanned_stack_count_every_layer():
     unrolled twin (4 layers here, so the raw count of the scanned program is well below it)."""
     scanned = tiny_config(num_layers=4, num_blocks=1, batch_size=4)
     compiled = bench.compile_step(BlockTrainer(make_task(scanned))).executable
-    assert bench.step_flops(compiled) < 0.6 * bench.counted_flops(scanned, make_task, compiled)
+    assert bench.step_flops(compiled) < 0.6 * bench.counted_flops(scanned, compiled=compiled)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -75,9 +78,44 @@ def test_flops_of_a_scanned_stack_count_every_layer():
     (["--num-blocks", "two"], "--num-blocks expects comma-separated integers"),
     (["--time-steps", "-1"], "--time-steps and --sample-steps must be >= 0"),
     (["--peak-tflops", "-1"], "--peak-tflops=-1.0; allowed: a number > 0 (TFLOP/s)"),
+    (["--config", "digits_vit", "--num-blocks", "3", "--sample-steps", "2"],
+     "--sample-steps 2: task image_classification with model.num_blocks=3 needs at least 3 network calls"),
+    (["--config", "digits_vit", "--set", "ar.bridge=hard"], "ar.bridge belongs to autoregressive_lm"),
 ])
 def test_bad_bench_arguments_fail_before_anything_compiles(args, message, monkeypatch, capsys):
     monkeypatch.setattr(bench, "compile_step", lambda *a: pytest.fail("compiled despite bad arguments"))
     monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("ran despite bad arguments"))
-    assert cli.main(["bench", "--config", "shapes", *args]) == 2
+    assert cli.main(["bench", "--config", "shapes", *args] if "--config" not in args else ["bench", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+# Every task's inference, as `dblocks bench --sample-steps` times it: (preset, tiny overrides, K,
+# the unit, units per call for a batch of 2, network calls per unit).
+TEXT = {"text.seq_len": 8, "model.width": 16, "model.num_heads": 2, "data.batch_size": 4, "generation.prompt_len": 2,
+        "generation.gen_len": 2}
+INFERENCE = [
+    ("shapes", {"data.image_size": 8, "model.width": 16, "model.num_heads": 2, "model.num_layers": 2,
+                "model.num_blocks": 2}, 3, "images", 2, 4),
+    ("digits_vit", {"data.image_size": 8, "model.patch_size": 4, "model.width": 16, "model.num_heads": 2,
+                    "model.num_layers": 2, "model.num_blocks": 2}, 3, "predictions", 2, 3),
+    ("pydoc_md4", {**{k: v for k, v in TEXT.items() if not k.startswith("generation")}, "model.num_layers": 2,
+                   "model.num_blocks": 2}, 3, "samples", 2, 4),
+    ("pydoc_ar", {**TEXT, "model.num_layers": 2, "model.num_blocks": 2}, 3, "symbols", 2 * 7, 3),
+    ("pydoc_recurrent", {**TEXT, "model.num_layers": 3, "recurrent.prelude": 1, "recurrent.core": 1,
+                         "recurrent.coda": 1}, 3, "predictions", 2 * 7, 3),
+]
+
+
+@pytest.mark.parametrize("preset,overrides,steps,unit,count,calls", INFERENCE, ids=[c[0] for c in INFERENCE])
+def test_every_task_declares_the_inference_the_bench_times(preset, overrides, steps, unit, count, calls):
+    from dblocks_jax import get_config
+
+    task = make_task(get_config(preset, overrides))
+    params = [task.init_params(k) for k in jax.random.split(jax.random.key(0), task.num_blocks)]
+    inference = task.inference(params, batch=2, steps=steps)
+    out = jax.tree.leaves(inference.fn(*inference.args))[0]
+    assert out.shape[0] == 2 and np.isfinite(np.asarray(out, np.float32)).all()  # one output per example
+    assert (inference.unit, inference.count, inference.network_calls) == (unit, count, calls)
+    timed = bench.time_inference(task, bench.BenchSettings(sample_steps=steps, sample_batch=2, sample_repeats=1))
+    assert timed["unit"] == unit and timed["per_s"] == pytest.approx(count / timed["time_s"])
+    assert timed["layer_evals_per_unit"] == calls * task.layers_per_block

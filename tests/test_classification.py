@@ -161,7 +161,10 @@ def test_dropout_draws_one_key_per_example_and_changes_the_loss(task_and_params)
 @pytest.mark.parametrize("overrides, message", [
     ({"classify.num_classes": 12}, "classify.num_classes=12, but data.dataset=digits has 10 classes"),
     ({"model.patch_size": 3}, "model.patch_size=3; allowed: a positive divisor of data.image_size=8"),
-    ({"model.family": "dit"}, "model.family='dit'; allowed: vit"),
+    ({"model.family": "dit"}, "model.family (the network family is the task's: image_classification builds vit)"),
+    ({"ar.bridge": "hard"}, "ar.bridge belongs to autoregressive_lm; this run is image_classification"),
+    ({"classify.steps": 2, "model.num_blocks": 4, "model.num_layers": 4},  # refused before training every block
+     "classify.steps=2; allowed: 0 (one call per block) or an integer >= 4"),
     ({"data.augment": "mixup"}, "data.augment='mixup'; allowed: none, crop, flip, crop_flip"),
 ])
 def test_bad_classification_configs_fail_before_compiling(overrides, message):
@@ -213,6 +216,6 @@ def test_cli_trains_evaluates_and_refuses_to_sample(tmp_path, capsys):
     assert cli.main(["sample", "--workdir", workdir, "--out", str(tmp_path / "s.png")]) == 2
     assert "holds a run of task image_classification" in capsys.readouterr().err
     assert cli.main(["evaluate", "--workdir", workdir, "--guidance", "2", "--json", path]) == 2
-    assert "--guidance: for image generation runs" in capsys.readouterr().err
+    assert "--guidance: for image_generation runs" in capsys.readouterr().err
     assert cli.main(["evaluate", "--workdir", workdir, "--steps", "1", "--json", path]) == 2
     assert "inference steps=1; allowed: an integer >= 2" in capsys.readouterr().err

@@ -19,7 +19,7 @@ def test_train_then_sample_writes_a_complete_run(tmp_path, capsys):
     assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl", "run.json", "samples.png"]
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["block_000", "block_001"]
     config = json.load(open(os.path.join(workdir, "config.json")))
-    assert config["model"]["num_blocks"] == 2 and config["model"]["width"] == 32 and config["format"] == 2
+    assert config["model"]["num_blocks"] == 2 and config["model"]["width"] == 32 and config["format"] == 3
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert {r["block"] for r in records} == {0, 1} and all(np.isfinite(r["loss"]) for r in records)
 
@@ -65,7 +65,7 @@ def test_sample_errors_are_clear(tmp_path, capsys):
     assert cli.main(["sample", "--workdir", str(tmp_path), "--out", "x.png"]) == 2
     assert "config.json" in capsys.readouterr().err
     assert cli.main(["sample", "--workdir", str(tmp_path), "--out", "x.jpg"]) == 2
-    assert ".png, .npz or .npy" in capsys.readouterr().err
+    assert "--out must end in .png, .npz, .npy (image_generation) or .txt" in capsys.readouterr().err
 
 
 def test_module_entry_point_runs_and_reports_bad_config():
@@ -81,5 +81,5 @@ def test_module_entry_point_runs_and_reports_bad_config():
 def test_list_prints_presets_by_task_and_every_field_with_its_role(capsys):
     assert cli.main(["list", "--fields"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("image_generation:\n  shapes") and "cifar10_dit_s" in out
+    assert out.startswith("image_generation (dit): ") and "\n  shapes " in out and "cifar10_dit_s" in out
     assert "  model.width: int = 96 [assembly]" in out and "  sampling.steps: int = 50 [sampling]" in out

@@ -28,7 +28,7 @@ def test_device_check_tiny_runs_every_section_and_writes_its_table(tmp_path):
     assert s["block768"]["within_20_percent"] and s["block768"]["skipped"] == {
         "cudnn": "cuDNN flash attention needs a GPU and bfloat16"}
     e2e, db = s["sampler"]["rows"]
-    assert e2e["layer_evals_per_sample"] == 3 * db["layer_evals_per_sample"]
+    assert e2e["layer_evals_per_unit"] == 3 * db["layer_evals_per_unit"]
     assert all(s["parallel"][k]["examples_per_s"] > 0 for k in ("parallel", "sequential"))
     assert {r["preset"] for r in s["language"]["steps"]} == {"text8_md4", "lm1b_ar"}
     assert all(b["last_interval_loss"] < b["first_interval_loss"] for b in s["training"]["blocks"].values())

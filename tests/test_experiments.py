@@ -193,8 +193,12 @@ def test_keys_and_config_comparison_follow_the_field_roles():
     free fields never count, sampling fields count for a run but not for its training."""
     config = sweep.get_scale("tiny").config()
     stored = config.to_dict()
-    at_default = {k: v for k, v in stored["model"].items() if k != "family"}  # pretend model.family is new
-    assert config.model.family == "dit" and sweep.same_config({**stored, "model": at_default}, config)
+    at_default = {k: v for k, v in stored["model"].items() if k != "remat"}  # pretend model.remat is new
+    assert not config.model.remat and sweep.same_config({**stored, "model": at_default}, config)
+    # Written by version 0.2: every task's sections and model.family; the same run.
+    v0_2 = {**stored, "format": 2, "model": {**stored["model"], "family": "dit"}, "ar": {"bridge": "hard"},
+            "text": {"seq_len": 9}}
+    assert sweep.same_config(v0_2, config) and sweep.same_config(config, v0_2)
     not_at_default = {k: v for k, v in stored["model"].items() if k != "width"}  # tiny width 16, default 96
     assert not sweep.same_config({**stored, "model": not_at_default}, config)
     assert not sweep.same_config({**stored, "model": {**stored["model"], "no_such_field": 1}}, config)
@@ -206,7 +210,7 @@ def test_keys_and_config_comparison_follow_the_field_roles():
     assert sweep.train_key(sampled) == sweep.train_key(config)
     assert sweep.train_key(config.override({"run.seed": 1})) != sweep.train_key(config)
     # A field at its default is left out of the keys: adding one keeps every key.
-    assert "model.family" not in sweep.identifying(config, sweep.RUN_ROLES)
+    assert "model.remat" not in sweep.identifying(config, sweep.RUN_ROLES)
     assert "model.width" in sweep.identifying(config, sweep.TRAIN_ROLES)
 
 

@@ -22,6 +22,7 @@ from flax import nnx
 from dblocks_jax import data
 from dblocks_jax.evaluation import image_quality, inception, torch_weights
 from dblocks_jax.tasks.image_generation_eval import evaluate_run
+from dblocks_jax.tasks.plugin import Request
 
 
 @pytest.fixture(scope="module")
@@ -439,18 +440,29 @@ def _seeded_images(seed, num_samples, size=8):
     return rng.uniform(-1, 1, (num_samples, size, size, 1)).astype(np.float32)
 
 
+class StubReader:
+    """A `RunReader` that hands out the stub run: its config, and a task whose sampler returns seeded
+    noise images with balanced labels."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def config(self, workdirs, overrides=None):
+        return self.run.config.override(dict(overrides or {}))
+
+    def load(self, workdirs, overrides=None, untrained=False):
+        task = types.SimpleNamespace(num_blocks=2, samples=lambda params, seed, num_samples: (
+            _seeded_images(seed, num_samples), np.arange(num_samples) % 10))
+        return task, [{}, {}], [0, 0]
+
+
 @pytest.fixture
 def cheap_run(monkeypatch):
-    """evaluate_run's plumbing with the expensive parts stubbed: the run's config, its blocks, the
-    sampler (seeded noise images with balanced labels), the classifier and InceptionV3."""
-    from dblocks_jax import runs
+    """evaluate_run's plumbing with the expensive parts stubbed: the run (through a stub reader), the
+    classifier and InceptionV3."""
     from dblocks_jax.evaluation import image_quality
 
     run = types.SimpleNamespace(requested=[], config=tiny_config(dataset="digits", sample_steps=2))
-    monkeypatch.setattr(runs, "read_run_config", lambda workdir, overrides=None: run.config.override(overrides or {}))
-    task = types.SimpleNamespace(num_blocks=2, samples=lambda params, seed, num_samples: (
-        _seeded_images(seed, num_samples), np.arange(num_samples) % 10))
-    monkeypatch.setattr(runs, "load_run", lambda *a, **k: (task, [{}, {}], [0, 0]))
     digits = data.load_split("digits", "test", 8)
     monkeypatch.setattr(data, "load_split", lambda name, split, size: digits)  # also for tfds: names
     monkeypatch.setattr(image_quality, "FeatureClassifier", _CheapFeatures)
@@ -458,11 +470,12 @@ def cheap_run(monkeypatch):
                         lambda path: run.requested.append(path) or _CheapFeatures(projection_seed=1))
     monkeypatch.delenv(inception.WEIGHTS_ENV, raising=False)
     run.reference = digits[0]
+    run.request = lambda workdir, seeds: Request("evaluate", (workdir,), StubReader(run), seeds=seeds, untrained=True)
     return run
 
 
 def test_evaluate_reports_fid_over_the_same_seeds(tmp_path, cheap_run):
-    result = evaluate_run(str(tmp_path), seeds=(0, 1), num_samples=30, untrained=True,
+    result = evaluate_run(cheap_run.request(str(tmp_path), (0, 1)), num_samples=30,
                           inception_weights="/weights/cheap.npz", progress=False)
     assert cheap_run.requested == ["/weights/cheap.npz"]
     fid = result["fid"]
@@ -481,28 +494,26 @@ def test_evaluate_reports_fid_over_the_same_seeds(tmp_path, cheap_run):
 
 def test_evaluate_skips_fid_for_bundled_datasets_unless_asked(tmp_path, cheap_run, monkeypatch):
     monkeypatch.setenv(inception.WEIGHTS_ENV, "/weights/cheap.npz")  # not an explicit request
-    result = evaluate_run(str(tmp_path), seeds=(0,), num_samples=30, untrained=True, progress=False)
+    result = evaluate_run(cheap_run.request(str(tmp_path), (0,)), num_samples=30, progress=False)
     assert result["fid"] is None and "bundled" in result["fid_skipped"] and cheap_run.requested == []
     json.dumps(result)
 
 
 def test_evaluate_on_tfds_uses_the_configured_weights_or_says_why_not(tmp_path, cheap_run, monkeypatch, capsys):
     cheap_run.config = cheap_run.config.override({"data.dataset": "tfds:mnist"})
-    result = evaluate_run(str(tmp_path), seeds=(0,), num_samples=30, untrained=True, progress=True)
+    result = evaluate_run(cheap_run.request(str(tmp_path), (0,)), num_samples=30, progress=True)
     assert result["fid"] is None and inception.WEIGHTS_ENV in result["fid_skipped"]
     assert "standard FID skipped" in capsys.readouterr().out and cheap_run.requested == []
     monkeypatch.setenv(inception.WEIGHTS_ENV, "/weights/from_env.pth")
-    result = evaluate_run(str(tmp_path), seeds=(0,), num_samples=30, untrained=True, progress=False)
+    result = evaluate_run(cheap_run.request(str(tmp_path), (0,)), num_samples=30, progress=False)
     assert cheap_run.requested == ["/weights/from_env.pth"] and len(result["fid"]["values"]) == 1
 
 
 def test_evaluate_with_unloadable_weights_fails_before_sampling(tmp_path, monkeypatch):
-    from dblocks_jax import runs
     from dblocks_jax.evaluation import image_quality
 
-    workdir = str(tmp_path / "run")
-    os.makedirs(workdir)
     monkeypatch.setattr(image_quality, "FeatureClassifier", lambda *a, **k: pytest.fail("got past the weights"))
-    monkeypatch.setattr(runs, "read_run_config", lambda *a, **k: tiny_config(dataset="digits"))
+    run = types.SimpleNamespace(config=tiny_config(dataset="digits"))
+    request = Request("evaluate", (str(tmp_path),), StubReader(run))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        evaluate_run(workdir, inception_weights=str(tmp_path / "missing.pth"), progress=False)
+        evaluate_run(request, inception_weights=str(tmp_path / "missing.pth"), progress=False)

@@ -98,7 +98,7 @@ def test_a_uniform_model_scores_log2_of_the_vocabulary(task_and_params):
     for share in result["bpc_per_block"]:  # each band holds half of the integral
         assert abs(share["mean"] - expected / 2) < 0.06, share
     assert 0 < result["bpc_endpoints"]["mean"] < 0.002
-    assert 3.9 < result["unigram_bpc"] < 4.3  # pydoc's unigram floor (DESIGN sec. 13: 4.10)
+    assert 3.9 < result["unigram_bpc"] < 4.3  # pydoc's unigram floor (4.10 bits: data/text.py)
 
 
 def test_the_integral_splits_into_other_bands_only_where_one_block_owns_each(task_and_params):

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 
+from dblocks_jax import runs
 from dblocks_jax.tasks.image_generation_eval import evaluate_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,9 +122,9 @@ def test_notebook_runs_top_to_bottom_on_tiny_settings(tmp_path, monkeypatch):
     # the untrained one reliably, so that comparison is not asserted.)
     scores = namespace["scores"]
     for name, untrained in (("trained", False), ("untrained", True)):
-        reference = evaluate_run(str(workdir), seeds=namespace["eval_seeds"], num_samples=namespace["eval_samples"],
-                                 classifier_settings=namespace["classifier_settings"], untrained=untrained,
-                                 progress=False)
+        request = runs.request("evaluate", str(workdir), seeds=tuple(namespace["eval_seeds"]), untrained=untrained)
+        reference = evaluate_run(request, num_samples=namespace["eval_samples"],
+                                 classifier_settings=namespace["classifier_settings"], progress=False)
         for metric in ("frechet_distance", "conditional_accuracy"):
             mean, std = scores[name][metric]
             assert mean == pytest.approx(reference[metric]["mean"], rel=1e-6), (name, metric)

@@ -22,7 +22,7 @@ from dblocks_jax.tasks.recurrent_lm import poisson_lognormal_steps
 TINY = {"text.seq_len": 16, "model.width": 16, "model.num_heads": 2, "model.num_layers": 3, "recurrent.prelude": 1,
         "recurrent.core": 1, "recurrent.coda": 1, "recurrent.steps": 3, "recurrent.mc_draws": 2,
         "data.batch_size": 8, "optim.warmup_steps": 1, "run.log_every": 10, "text.eval_sequences": 8,
-        "sampling.num_samples": 2, "ar.prompt_len": 4, "ar.gen_len": 4}
+        "sampling.num_samples": 2, "generation.prompt_len": 4, "generation.gen_len": 4}
 HUGINN = {"recurrent.method": "huginn", "recurrent.mean_steps": 4.0, "recurrent.backprop_steps": 2}
 
 
@@ -52,7 +52,7 @@ def test_config_errors_name_the_field():
     for overrides, field in (({"model.num_blocks": 3, "model.num_layers": 3}, "model.num_blocks"),
                              ({"model.num_layers": 4}, "model.num_layers"),
                              ({"model.positions": "learned"}, "model.positions"),
-                             ({"ar.gen_len": 13}, "ar.gen_len"),
+                             ({"generation.gen_len": 13}, "generation.gen_len"),
                              ({"recurrent.method": "bptt"}, "recurrent.method"),
                              ({**HUGINN, "recurrent.mean_steps": 1.5}, "recurrent.mean_steps"),
                              ({"recurrent.target": "state"}, "recurrent.target"),
@@ -208,7 +208,7 @@ def test_training_flops_count_the_iterations_without_gradient_apart():
 @pytest.mark.parametrize("method", ["db", "huginn"])
 def test_greedy_generation_is_the_argmax_of_the_k_step_model_symbol_by_symbol(method, request):
     task, params = request.getfixturevalue(method)
-    greedy = make_task(task.config.replace(**{"ar.temperature": 0.0}))
+    greedy = make_task(task.config.replace(**{"generation.temperature": 0.0}))
     prompts = held_out(task)[:2, :4]
     tokens, _ = recurrent_lm_eval.generate(greedy, params, prompts, 3, steps=2)
     assert tokens.shape == (2, 3)

@@ -259,7 +259,7 @@ def test_a_workdir_that_is_a_file_and_a_bench_base_config_are_handled(tmp_path, 
     from dblocks_jax.engine import bench
 
     seen = []
-    monkeypatch.setattr(bench, "run_bench", lambda config, make_task, settings: seen.append(
+    monkeypatch.setattr(bench, "run_bench", lambda config, settings: seen.append(
         [cfg.model.num_blocks for _, cfg in bench.plan_runs(config, settings)]) or [])
     monkeypatch.setattr(bench, "compile_step", lambda *a: pytest.fail("compiled"))
     assert cli.main(["bench", "--num-blocks", "1,2", "--modes", "db-sequential", "--set", "model.num_layers=2"]) == 0

@@ -6,6 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from dblocks_jax.data import corpus as corpora
 from dblocks_jax.data import text
 
 
@@ -88,7 +89,7 @@ def test_tfds_text_corpus_holds_out_the_test_split_and_keeps_a_bounded_train_sam
 
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     with tfds.testing.mock_data(num_examples=40):  # each record: 10-19 random symbols of " abcdefghij"
-        corpus = text.load_text("tfds:tiny_shakespeare", "text8")
+        corpus = corpora.load_corpus("tfds:tiny_shakespeare", "text8")
         assert isinstance(corpus, text_tfds.TfdsTextCorpus) and corpus.vocab_size == 27
         for ids in (corpus.train, corpus.test):
             assert ids.dtype == np.uint8 and 40 * 8 < len(ids) and ids.max() < 27
@@ -170,7 +171,7 @@ def test_tfds_sources_that_are_not_text_or_not_prepared_fail_at_once(tmp_path, m
     with tfds.testing.mock_data(num_examples=4):
         with pytest.raises(ValueError, match=r"TFDS dataset 'mnist' has features \['image', 'label'\]; "
                                              r"a text dataset needs a `text` feature"):
-            text.load_text("tfds:mnist")
+            corpora.load_corpus("tfds:mnist")
 
     def no_network(*args, **kwargs):
         raise AssertionError("tried to download")
@@ -179,6 +180,6 @@ def test_tfds_sources_that_are_not_text_or_not_prepared_fail_at_once(tmp_path, m
     monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", no_network)
     with pytest.raises(ValueError, match=r"TFDS dataset 'tiny_shakespeare' is not prepared in .*"
                                          r"tfds build tiny_shakespeare --file_format=array_record"):
-        text.load_text("tfds:tiny_shakespeare")
+        corpora.load_corpus("tfds:tiny_shakespeare")
     with pytest.raises(ValueError, match="allowed: pydoc, textfile:PATH, text8:PATH, tfds:NAME"):
         text.load_text("wiki")

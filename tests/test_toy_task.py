@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from toy_task import ToyTask, distance_to_mixture, mixture_points, optimal_denoiser, toy_config
+from toy_task import PRESET, ToyTask, distance_to_mixture, mixture_points, optimal_denoiser
 
+from dblocks_jax.config import make_config
 from dblocks_jax.engine import checkpoint
 from dblocks_jax.engine.edm import add_noise
 from dblocks_jax.engine.loop import train
@@ -18,6 +19,11 @@ from dblocks_jax.engine.trainer import BlockTrainer
 
 SCHEDULES = ("interleaved", "sequential", "parallel")
 NUM_BLOCKS = 2
+
+
+def toy_config(**overrides):
+    """The toy task's config, unregistered: its preset with {"section.field": value} `overrides`."""
+    return make_config(ToyTask, {**PRESET.overrides, **overrides})
 
 
 @pytest.fixture(scope="module")

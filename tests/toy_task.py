@@ -1,9 +1,11 @@
 """A task written only for the tests: denoising points of a 2-D Gaussian mixture with MLP blocks.
 
 It plugs into the task-free engine (`dblocks_jax.engine`) through `dblocks_jax.tasks.base.Task`
-alone, without being registered and without any change to the engine; docs/architecture.md
-("How to add a task") walks through it. The data: `NUM_MODES` isotropic Gaussians of standard
-deviation `MODE_STD` whose means lie evenly on a circle of radius `RADIUS`.
+alone, without any change to the package: used directly (tests/test_toy_task.py) or registered as
+a plug-in through the `dblocks_jax.tasks` entry point (tests/test_plugin.py), where the CLI trains,
+evaluates, samples, benches, resumes and assembles it. docs/architecture.md ("How to add a task")
+walks through it. The data: `NUM_MODES` isotropic Gaussians of standard deviation `MODE_STD` whose
+means lie evenly on a circle of radius `RADIUS`.
 
 - Level law: EDM's truncated log-normal over sigma (`engine.edm.EDM`, from the config's `noise`
   section; `toy_config` sets sigma_data to the data's per-coordinate standard deviation).
@@ -11,27 +13,31 @@ deviation `MODE_STD` whose means lie evenly on a circle of radius `RADIUS`.
   `model.layers_per_block` deep; the denoiser is D = c_skip z + c_out F (EDM Table 1).
 - Loss: lambda(sigma) ||D - y||^2 per example, in F-space (EDM eq. 8 with lambda c_out^2 = 1).
 - Chain: `engine.solvers.make_ode_sampler` with the config's `sampling` section.
+- Its own config section `mixture` (one field, `eval_samples`), a preset `toy_mixture`, a flag
+  (`--num-samples` for sample and evaluate), and the shell's hooks: `evaluate` (mean distance of
+  the samples to the nearest mode), `write_samples` (.npy), `train_summary`, `inference`.
 
-The config is `dblocks_jax.config.Config` (its `data.dataset`, `data.image_size` and the DiT
-fields of `model` are ignored); `data.batch_size` is the batch of a block step.
+`data.dataset` must be "mixture" (the task validates its data); `data.batch_size` is the batch of
+a block step; the image and attention fields of `model` are refused (`unused_fields`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dblocks_jax.presets import get_config
 from dblocks_jax.engine.chain import stack_blocks
-from dblocks_jax.engine.edm import EDM, add_noise
-from dblocks_jax.engine.solvers import make_ode_sampler
-from dblocks_jax.tasks.base import Task
+from dblocks_jax.engine.edm import add_noise
+from dblocks_jax.engine.settings import SAMPLING, Section, require, setting
+from dblocks_jax.engine.solvers import evaluations_per_sample, make_ode_sampler
+from dblocks_jax.tasks.base import Inference
+from dblocks_jax.tasks.edm_task import EDMTask
+from dblocks_jax.tasks.plugin import Flag, Preset, Request
 
 NUM_MODES = 4
 RADIUS = 1.0
@@ -64,15 +70,25 @@ def optimal_denoiser(z, sigma):
     return jnp.sum(weights[..., None] * means, axis=1)
 
 
-def toy_config(**overrides: Any):
-    """A `Config` for the toy task: the shapes preset's engine sections, small MLP blocks, EDM
-    constants for data of scale ~0.7 and a fast schedule. `overrides`: {"section.field": value}."""
-    values = {"model.num_blocks": 2, "model.num_layers": 4, "model.width": 64, "data.batch_size": 256,
-              "noise.sigma_data": round(DATA_STD, 3), "noise.sigma_max": 20.0,
-              "optim.steps": 150, "optim.learning_rate": 1e-2, "optim.warmup_steps": 10, "optim.ema_decay": 0.99,
-              "sampling.steps": 16, "sampling.solver": "heun", "sampling.grid": "karras",
-              "sampling.num_samples": 256, "run.log_every": 50, "run.checkpoint_every": 0}
-    return get_config("shapes", {**values, **overrides})
+@dataclasses.dataclass(frozen=True)
+class MixtureConfig(Section):
+    """The toy task's own config section."""
+
+    _path = "mixture"
+    eval_samples: int = setting(512, SAMPLING, "points sampled per seed by evaluate")
+
+    def check(self):
+        require(self.eval_samples >= 1, self.field("eval_samples"), self.eval_samples, "an integer >= 1")
+
+
+# Small MLP blocks, EDM constants for data of scale ~0.7 and a fast schedule.
+PRESET = Preset("toy_mixture", "2-D Gaussian-mixture denoising with MLP blocks (the tests' plug-in task)", {
+    "data.dataset": "mixture", "model.num_blocks": 2, "model.num_layers": 4, "model.width": 64,
+    "data.batch_size": 256, "noise.sigma_data": round(DATA_STD, 3), "noise.sigma_max": 20.0, "optim.steps": 150,
+    "optim.learning_rate": 1e-2, "optim.warmup_steps": 10, "optim.ema_decay": 0.99, "sampling.steps": 16,
+    "sampling.solver": "heun", "sampling.grid": "karras", "sampling.num_samples": 256, "run.log_every": 50,
+    "run.checkpoint_every": 0})
+
 
 
 class MixtureStream:
@@ -124,17 +140,27 @@ class MLPBlock(nnx.Module):
         return self.out(jax.nn.silu(h))
 
 
-class ToyTask(Task):
+class ToyTask(EDMTask):
     name = "toy_mixture"
+    family = "mlp"
+    description = "2-D Gaussian-mixture denoising (a test plug-in): distance of the samples to the modes"
+    sections = (MixtureConfig,)
+    presets = (PRESET,)
+    flags = (Flag("--num-samples", ("sample", "evaluate"), "points to sample", int),)
+    sample_formats = (".npy",)
+    unused_fields = ("data.image_size", "data.augment", "model.num_heads", "model.patch_size", "model.mlp_ratio",
+                     "model.class_conditional", "model.label_dropout", "model.dropout", "model.positions")
+
+    @classmethod
+    def validate(cls, config) -> None:
+        require(config.data.dataset == "mixture", "data.dataset", config.data.dataset,
+                f"mixture (the only data of task {cls.name})")
 
     def __init__(self, config):
         super().__init__(config)
         self._sampler = None
 
     # -- what the engine asks for -----------------------------------------------------------------
-
-    def make_law(self) -> EDM:
-        return EDM(**dataclasses.asdict(self.config.noise))
 
     def make_block(self, rngs: nnx.Rngs) -> MLPBlock:
         return MLPBlock(self.config.model.width, self.config.model.layers_per_block, rngs=rngs)
@@ -158,7 +184,7 @@ class ToyTask(Task):
         z = add_noise(y, sigma, draw["eps"])
         _, _, c_in, c_noise = self.law.scalings(sigma)
         f = self.network(params)(c_in[:, None] * z, c_noise)
-        return jnp.mean((f - self.law.f_target(y, z, sigma)) ** 2, axis=1)
+        return jnp.mean((f - self.edm.f_target(y, z, sigma)) ** 2, axis=1)
 
     def write_artifacts(self, workdir: str, block_params: list) -> None:
         np.save(os.path.join(workdir, "samples.npy"),
@@ -180,3 +206,37 @@ class ToyTask(Task):
         key = jax.random.key(seed)
         noise = jax.random.normal(key, (n, 2), jnp.float32)
         return np.asarray(self._sampler(stack_blocks(block_params), noise, None, jax.random.fold_in(key, 1)))
+
+    def inference(self, block_params: list, *, batch: int, steps: int) -> Inference:
+        s = dataclasses.replace(self.config.sampling, steps=steps, solver="euler")
+        sampler = make_ode_sampler(self.denoise, self.partition, num_steps=s.steps, solver=s.solver, grid=s.grid)
+        key = jax.random.key(0)
+        args = (stack_blocks(block_params), jax.random.normal(key, (batch, 2), jnp.float32), None, key)
+        return Inference(sampler, args, batch, "points", evaluations_per_sample("euler", steps))
+
+    # -- what the shell asks for --------------------------------------------------------------------
+
+    @classmethod
+    def train_summary(cls, workdir: str) -> list[str]:
+        points = np.load(os.path.join(workdir, "samples.npy"))
+        return [f"mean distance of {len(points)} samples to the nearest mode: {distance_to_mixture(points):.4f}"]
+
+    @classmethod
+    def evaluate(cls, request: Request) -> dict:
+        task, params, steps = request.load()
+        n = request.option("num_samples") or task.config.mixture.eval_samples
+        distances = [distance_to_mixture(task.sample(params, n, seed)) for seed in request.seeds]
+        return {"task": cls.name, "seeds": list(request.seeds), "num_samples": n, "block_steps": steps,
+                "untrained": request.untrained, "distance": distances}
+
+    @classmethod
+    def report(cls, result: dict) -> list[str]:
+        return [f"mean distance to the nearest mode: {np.mean(result['distance']):.4f} over {len(result['seeds'])} "
+                f"seed(s) of {result['num_samples']} points"]
+
+    @classmethod
+    def write_samples(cls, request: Request) -> list[str]:
+        task, params, _ = request.load()
+        n = request.option("num_samples") or task.config.sampling.num_samples
+        np.save(request.output, task.sample(params, n, request.seed or 0))
+        return [f"wrote {n} points to {request.output}"]

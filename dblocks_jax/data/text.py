@@ -131,13 +131,9 @@ def read_text(source: str) -> str:
 
 
 def load_text(source: str, vocabulary: str = "text8", holdout: float = 0.1) -> TextCorpus:
-    """A source as ids, its tail held out: the last `holdout` of it (text8: its standard test
-    split, the last 5 %, with the 5 % before it, validation, trained on by no one). `tfds:NAME`
-    holds out its own test split, so `holdout` does not apply to it (see `text_tfds.tfds_corpus`)."""
-    if source.startswith("tfds:") and len(source) > len("tfds:"):
-        from dblocks_jax.data.text_tfds import tfds_corpus
-
-        return tfds_corpus(source, vocabulary)
+    """A file source as ids, its tail held out: the last `holdout` of it (text8: its standard test
+    split, the last 5 %, with the 5 % before it, validation, trained on by no one). TFDS sources
+    are read by `data.corpus.load_corpus`, which takes every kind."""
     if not 0 < holdout < 1:
         raise ValueError(f"holdout={holdout}; allowed: a fraction in (0, 1)")
     ids = encode(read_text(source), vocabulary)

@@ -13,12 +13,14 @@ Memory comes from the compiled step's `memory_analysis()` (deterministic, no dev
 step peak = argument + output - alias + temp. State that stays resident outside the step (the
 other blocks under `db-interleaved`) is added to give the mode's total. Times are medians over
 repeated calls after a warm-up; they are machine-dependent and never asserted in tests. The
-engine does not build tasks: the caller passes `make_task(config)`.
+engine does not know tasks: it asks the config's task class (`type(config).task_class`, or the
+one passed) for each mode's config (`bench_variant`), the FLOP-counting twin (`flop_twin`) and its
+inference (`Task.inference`), which every mode's record times when `sample_steps` is set.
 
 Each record also holds what an accelerator run needs read (docs/architecture.md, "The
 accelerator path"): FLOPs per step from XLA's cost analysis of the compiled step, achieved FLOP/s
 and MFU against the device's peak
-(`engine.hardware`), the compile time of the step (and of the sampler), the attention kernel
+(`engine.hardware`), the compile time of the step (and of the inference), the attention kernel
 the step holds, and the device's own `peak_bytes_in_use` next to the compiled estimate.
 """
 
@@ -27,17 +29,17 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dblocks_jax.engine import hardware
-from dblocks_jax.engine.solvers import evaluations_per_sample
 from dblocks_jax.engine.trainer import BlockTrainer
 
 MODES = ("e2e", "e2e-remat", "db-sequential", "db-interleaved", "db-remat")
+INFERENCE_MODES = ("e2e", "db-sequential")  # the modes whose record times the task's inference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,39 +48,45 @@ class BenchSettings:
     modes: tuple[str, ...] = MODES
     time_steps: int = 20  # timed training steps per mode and B (0: memory only)
     warmup_steps: int = 2
-    sample_steps: int = 0  # sampler steps K to time (0: skip the sampler)
+    sample_steps: int = 0  # chain steps K of the task's inference to time (0: skip inference)
     sample_batch: int = 16
     sample_repeats: int = 3
     count_flops: bool = True  # compile each mode's unrolled twin for XLA's FLOP count (False: memory only, faster)
     peak_tflops: float | None = None  # the device's peak for MFU (None: engine.hardware's table)
 
 
-def mode_config(config, mode: str, num_blocks: int):
-    """The config a mode runs: e2e modes are B = 1 of the same model; remat modes checkpoint layers."""
+def task_class_of(config, task_class: type | None = None) -> type:
+    """The task class a bench asks: the one given, else the config's own."""
+    return task_class or type(config).task_class
+
+
+def mode_config(config, mode: str, num_blocks: int, task_class: type | None = None):
+    """The config a mode runs: e2e modes are B = 1 of the same model, remat modes checkpoint layers
+    (the task's `bench_variant`); the schedule is the engine's own section."""
     if mode not in MODES:
         raise ValueError(f"unknown bench mode {mode!r}; allowed: {', '.join(MODES)}")
-    overrides = {"model.num_blocks": 1 if mode.startswith("e2e") else num_blocks, "model.remat": mode.endswith("remat"),
-                 "schedule.name": "interleaved" if mode == "db-interleaved" else "sequential",
-                 "schedule.block_shards": 0, "schedule.data_shards": 1}
-    if config.model.layer_split and overrides["model.num_blocks"] != config.model.num_blocks:
-        overrides["model.layer_split"] = ""  # an uneven split is defined for its own B only
+    b = 1 if mode.startswith("e2e") else num_blocks
     try:
-        return config.override(overrides)
+        config = config.override({"schedule.name": "interleaved" if mode == "db-interleaved" else "sequential",
+                                  "schedule.block_shards": 0, "schedule.data_shards": 1})
+        return task_class_of(config, task_class).bench_variant(config, num_blocks=b, remat=mode.endswith("remat"))
     except ValueError as err:
-        raise ValueError(f"bench mode {mode} with B={overrides['model.num_blocks']}: {err}") from None
+        raise ValueError(f"bench mode {mode} with B={b}: {err}") from None
 
 
-def plan_runs(config, settings: BenchSettings) -> list[tuple[str, object]]:
+def plan_runs(config, settings: BenchSettings, task_class: type | None = None) -> list[tuple[str, object]]:
     """Every (mode, config) to measure, validated before anything compiles. e2e modes run once."""
     if not settings.num_blocks or not settings.modes:
         raise ValueError("bench needs at least one mode and one number of blocks")
     runs, seen = [], set()
     for mode in settings.modes:
         for b in settings.num_blocks:
-            cfg = mode_config(config, mode, b)
+            cfg = mode_config(config, mode, b, task_class)
             if (mode, cfg.model.num_blocks) not in seen:
                 seen.add((mode, cfg.model.num_blocks))
                 runs.append((mode, cfg))
+                if settings.sample_steps and mode in INFERENCE_MODES:
+                    task_class_of(cfg, task_class).check_inference(cfg, settings.sample_steps)
     return runs
 
 
@@ -120,22 +128,21 @@ def memory_bytes(trainer: BlockTrainer, compiled, resident_blocks: int) -> dict[
     return mem
 
 
-def counted_flops(config, make_task: Callable, compiled=None, cache: dict | None = None,
+def counted_flops(config, task_class: type | None = None, compiled=None, cache: dict | None = None,
                   attention: str = "xla") -> float | None:
     """FLOPs of one train step from XLA's cost analysis. A scanned layer stack's loop body is
     counted once whatever its trip count, and a cuDNN attention kernel (a custom call) not at all,
-    so such a step is counted on its twin with unrolled layers, XLA attention and float32 compute
-    (same parameters and math; compiled, never run: the model's FLOPs do not depend on the dtype).
-    A step that needs no twin is counted as compiled (a bfloat16 one then includes its converts).
-    `cache` keeps the twins' counts: modes that differ only in their schedule (e2e and
-    db-sequential at B = 1, db-interleaved and db-sequential) or dtype compile the same twin."""
+    so such a step is counted on the task's `flop_twin` (unrolled layers, XLA attention, float32:
+    same parameters and math; compiled, never run). A step that needs no twin is counted as
+    compiled (a bfloat16 one then includes its converts). `cache` keeps the twins' counts: modes
+    that differ only in their schedule or dtype compile the same twin."""
     if compiled is not None and not config.model.scan_layers and attention == "xla":
         return step_flops(compiled)
-    unrolled = config.override({"model.scan_layers": False, "schedule.name": "sequential", "model.dtype": "float32",
-                                "model.attention": "xla"})
-    key = unrolled.to_json()
+    task_class = task_class_of(config, task_class)
+    twin = task_class.flop_twin(config.override({"schedule.name": "sequential"}))
+    key = (task_class, twin.to_json())
     if cache is None or key not in cache:
-        flops = step_flops(compile_step(BlockTrainer(make_task(unrolled)))[0])
+        flops = step_flops(compile_step(BlockTrainer(task_class(twin)))[0])
         if cache is None:
             return flops
         cache[key] = flops
@@ -163,28 +170,26 @@ def time_steps(trainer: BlockTrainer, compiled, settings: BenchSettings) -> list
     return times
 
 
-def time_sampler(task, settings: BenchSettings) -> dict | None:
-    """Wall time of the task's chain on `sample_batch` examples with K Euler steps (no guidance:
-    one pass per step); None for a task without a chain sampler."""
-    if not hasattr(task, "sampler_and_inputs"):
-        return None
-    sampling = dataclasses.replace(task.config.sampling, steps=settings.sample_steps, solver="euler",
-                                   grid="equiprobable", guidance=1.0)
+def time_inference(task, settings: BenchSettings) -> dict | None:
+    """Wall time of the task's inference (`Task.inference`) on `sample_batch` examples with K =
+    `sample_steps` chain steps, fresh parameters; None when the task declares none."""
     params = [task.init_params(k) for k in jax.random.split(jax.random.key(0), task.num_blocks)]
-    sampler, args = task.sampler_and_inputs(params, num_samples=settings.sample_batch, sampling=sampling)
+    inference = task.inference(params, batch=settings.sample_batch, steps=settings.sample_steps)
+    if inference is None:
+        return None
     start = time.perf_counter()
-    jax.block_until_ready(sampler(*args))  # compile (and one run)
+    jax.block_until_ready(inference.fn(*inference.args))  # compile (and one run)
     compile_s = time.perf_counter() - start
     times = []
     for _ in range(settings.sample_repeats):
         start = time.perf_counter()
-        jax.block_until_ready(sampler(*args))
+        jax.block_until_ready(inference.fn(*inference.args))
         times.append(time.perf_counter() - start)
-    evals = evaluations_per_sample("euler", settings.sample_steps)
     time_s = statistics.median(times)
-    return {"num_steps": settings.sample_steps, "batch": settings.sample_batch, "time_s": time_s,
-            "samples_per_s": settings.sample_batch / time_s, "compile_and_first_run_s": compile_s,
-            "layer_evals_per_sample": evals * task.layers_per_block}
+    return {"num_steps": settings.sample_steps, "batch": settings.sample_batch, "unit": inference.unit,
+            "count": inference.count, "time_s": time_s, "per_s": inference.count / time_s,
+            "compile_and_first_run_s": compile_s, "network_calls_per_unit": inference.network_calls,
+            "layer_evals_per_unit": inference.network_calls * task.layers_per_block}
 
 
 def analytic_bytes(mode: str, task, param_bytes: int, state_bytes: int, act_per_layer: float) -> int:
@@ -197,23 +202,24 @@ def analytic_bytes(mode: str, task, param_bytes: int, state_bytes: int, act_per_
     return int(state_bytes + param_bytes + act_per_layer * layers + others)
 
 
-def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettings(), progress: bool = True,
-              flop_cache: dict | None = None) -> list[dict]:
+def run_bench(config, settings: BenchSettings = BenchSettings(), progress: bool = True,
+              flop_cache: dict | None = None, task_class: type | None = None) -> list[dict]:
     """Measure every mode and B of `settings` on `config`; one JSON-ready record each.
 
     Every step is compiled (and its memory read) first; the timed runs then go in ascending order of
     compiled memory, so that the device's process-wide `peak_bytes_in_use` (which cannot be reset)
     read after each mode is that mode's own peak on GPU/TPU. `flop_cache` shares FLOP counts
-    between calls (the same model in another dtype).
+    between calls (the same model in another dtype). `task_class`: the config's own by default.
     """
+    task_class = task_class_of(config, task_class)
     device = jax.devices()[0]
     peak, peak_source = hardware.peak_flops(device.device_kind, settings.peak_tflops)
     measured, flop_cache = [], {} if flop_cache is None else flop_cache
-    for mode, cfg in plan_runs(config, settings):
+    for mode, cfg in plan_runs(config, settings, task_class):
         num_blocks = cfg.model.num_blocks
         if progress:
             print(f"bench: compiling {mode} B={num_blocks}", flush=True)
-        trainer = BlockTrainer(make_task(cfg))
+        trainer = BlockTrainer(task_class(cfg))
         compiled, compile_s, attention = compile_step(trainer)
         mem = memory_bytes(trainer, compiled, resident_blocks=num_blocks if mode == "db-interleaved" else 1)
         record = {
@@ -224,14 +230,14 @@ def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettin
             "peak_flops": peak, "peak_source": peak_source,
             "params_per_block": sum(x.size for x in jax.tree.leaves(trainer.task.abstract_params)),
             "memory_bytes": mem,
-            "flops_per_step": counted_flops(cfg, make_task, compiled, flop_cache, attention)
+            "flops_per_step": counted_flops(cfg, task_class, compiled, flop_cache, attention)
             if settings.count_flops else None,
             "config": trainer.config.to_dict(),
         }
         measured.append((record, trainer, compiled))
 
     if settings.count_flops:
-        add_model_flops(config, make_task, measured, flop_cache)
+        add_model_flops(config, task_class, measured, flop_cache)
     for record, trainer, compiled in sorted(measured, key=lambda m: m[0]["memory_bytes"]["total_peak"]):
         num_blocks = trainer.task.num_blocks
         if settings.time_steps:
@@ -251,17 +257,19 @@ def run_bench(config, make_task: Callable, settings: BenchSettings = BenchSettin
             # The counter is process-wide and never falls: a reading is this mode's own only if it grew.
             record["device_peak_bytes_in_use"] = after
             record["device_peak_is_own"] = after is not None and (before is None or after > before)
-        if settings.sample_steps and record["mode"] in ("e2e", "db-sequential"):
-            sampler = time_sampler(trainer.task, settings)
-            if sampler is not None:
-                record["sampler"] = sampler
+        if settings.sample_steps and record["mode"] in INFERENCE_MODES:
+            record["inference"] = time_inference(trainer.task, settings)
+            if record["inference"] is None:
+                record["inference_skipped"] = f"task {record['task']} declares no inference (Task.inference)"
+                if progress:
+                    print(f"bench: {record['inference_skipped']}", flush=True)
 
     records = [record for record, _, _ in measured]
     add_analytic(records, [trainer for _, trainer, _ in measured])
     return records
 
 
-def add_model_flops(config, make_task: Callable, measured: list, flop_cache: dict | None = None) -> None:
+def add_model_flops(config, task_class: type, measured: list, flop_cache: dict | None = None) -> None:
     """`model_flops_per_step`: the FLOPs of the step without rematerialisation, so that MFU counts
     useful work only (a remat mode's own `flops_per_step` includes the recomputed forward)."""
     flops = {(r["mode"], r["num_blocks"]): r["flops_per_step"] for r, _, _ in measured}
@@ -271,8 +279,8 @@ def add_model_flops(config, make_task: Callable, measured: list, flop_cache: dic
             continue
         twin = "e2e" if record["mode"] == "e2e-remat" else "db-sequential"
         if (twin, record["num_blocks"]) not in flops:
-            flops[(twin, record["num_blocks"])] = counted_flops(mode_config(config, twin, record["num_blocks"]),
-                                                                make_task, cache=flop_cache)
+            flops[(twin, record["num_blocks"])] = counted_flops(
+                mode_config(config, twin, record["num_blocks"], task_class), task_class, cache=flop_cache)
         record["model_flops_per_step"] = flops[(twin, record["num_blocks"])]
 
 

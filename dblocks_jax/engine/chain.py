@@ -28,6 +28,15 @@ from dblocks_jax.engine.partition import BlockPartition
 GRIDS = ("equiprobable", "karras", "cosine")
 
 
+def per_example_normal(seed: int, start: int, count: int, shape: tuple[int, ...]) -> jax.Array:
+    """Standard normal draws of `shape` for examples start..start+count-1, each from its own key
+    fold_in(fold_in(key(seed), 0), i): a chain started from them gives each example the same output
+    whatever batch it is drawn in."""
+    stream = jax.random.fold_in(jax.random.key(seed), 0)
+    keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(jnp.arange(start, start + count))
+    return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
+
+
 def equiprobable_grid(num_steps: int, law: LevelLaw) -> np.ndarray:
     """t_0 = level_max > ... > t_K = level_min, equally spaced in the training law's CDF, so that
     each block of an equi-probability partition gets about K/B steps."""

@@ -99,6 +99,9 @@ def read_runs_config(workdirs: Sequence[str], config_cls: type) -> Any:
     first one's, after checking that every other agrees on every ASSEMBLY field."""
     configs = [read_config(w, config_cls) for w in workdirs]
     for workdir, other in zip(workdirs[1:], configs[1:]):
+        if type(other) is not type(configs[0]):
+            raise ValueError(f"these runs cannot be assembled into one model: {workdirs[0]} and {workdir} are runs of "
+                             f"different tasks ({configs[0].task}, {other.task})")
         ours = settings.values_with_roles(configs[0], [settings.ASSEMBLY])
         theirs = settings.values_with_roles(other, [settings.ASSEMBLY])
         differing = [f"{k}: {ours[k]!r} in {workdirs[0]} vs {theirs[k]!r} in {workdir}" for k in ours

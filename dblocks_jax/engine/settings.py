@@ -12,8 +12,9 @@ every consumer reads it from here instead of keeping its own list:
 - `SAMPLING`: how samples are drawn; free to change on resume, part of what an experiment measures.
 - `FREE`: bookkeeping (logging and checkpoint cadence, device layout); free to change.
 
-This module is task-free: the engine's own sections live here, the task-level sections (data,
-model, noise) and the presets in `dblocks_jax.config`.
+This module is task-free: the engine's own sections live here; the other common sections (data,
+model, noise) and the per-task config classes in `dblocks_jax.config`, each task's own sections
+in its module.
 """
 
 from __future__ import annotations
@@ -237,6 +238,36 @@ def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
     for head, sub in grouped.items():
         top[head] = with_overrides(getattr(config, head), sub)
     return dataclasses.replace(config, **top)
+
+
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """A fresh instance of the (nested) config class `cls`: {"section.field": value} set, every
+    other field at its default; each section is validated once, then the whole."""
+    grouped: dict[str, dict[str, Any]] = {}
+    kwargs: dict[str, Any] = {}
+    for path, value in values.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            grouped.setdefault(head, {})[rest] = value
+        else:
+            kwargs[path] = value
+    hints = typing.get_type_hints(cls)
+    for head, sub in grouped.items():
+        kwargs[head] = build(hints[head], sub)
+    return cls(**kwargs)
+
+
+def defaults(cls: type, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field]]:
+    """{"section.field": (default, field)} of every leaf field of a config class (no instance is
+    built, so a class whose defaults alone are not a valid config still answers)."""
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(defaults(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = (f.default, f)
+    return out
 
 
 def field_types(cls: type, prefix: str = "") -> dict[str, type]:

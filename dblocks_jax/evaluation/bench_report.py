@@ -15,14 +15,15 @@ def markdown_table(records: Sequence[dict]) -> str:
     e2e = next((r for r in records if r["mode"] == "e2e"), None)
     mib = lambda b: f"{b / 2**20:,.1f}"
     rows = ["| mode | B | step peak MiB | resident state MiB | total MiB | x e2e | analytic MiB | "
-            "step ms | B x step ms | sampler ms (K) | MFU | compile s | attention |",
+            "step ms | B x step ms | inference ms (K) | MFU | compile s | attention |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in sorted(records, key=lambda r: (MODES.index(r["mode"]), r["num_blocks"])):
         m = r["memory_bytes"]
         ratio = f"{m['total_peak'] / e2e['memory_bytes']['total_peak']:.3f}" if e2e else "-"
         step = f"{r['step_time_s'] * 1e3:.1f}" if "step_time_s" in r else "-"
         equiv = f"{r['e2e_equivalent_time_s'] * 1e3:.1f}" if "step_time_s" in r else "-"
-        sampler = f"{r['sampler']['time_s'] * 1e3:.1f} ({r['sampler']['num_steps']})" if "sampler" in r else "-"
+        inference = r.get("inference") or r.get("sampler")  # "sampler": records written before version 0.3
+        sampler = f"{inference['time_s'] * 1e3:.1f} ({inference['num_steps']})" if inference else "-"
         analytic = "-" if r["analytic_bytes"] is None else ("(fit)" if r.get("analytic_is_fit") else
                                                              mib(r["analytic_bytes"]))
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"

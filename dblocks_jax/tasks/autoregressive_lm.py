@@ -31,37 +31,88 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
-from dblocks_jax.engine.edm import EDM
+from dblocks_jax.engine.settings import ASSEMBLY, SAMPLING, Section, require, setting
 from dblocks_jax.models.causal_lm import CausalLM, causal_mask
 from dblocks_jax.models.vit import normalized_rows
+from dblocks_jax.tasks import flags
+from dblocks_jax.tasks.base import Inference
+from dblocks_jax.tasks.edm_task import EDMTask
 from dblocks_jax.tasks.embedding_target import EmbeddingTarget
-from dblocks_jax.tasks.text_task import TextTask
+from dblocks_jax.tasks.plugin import Flag, Preset, Request, one_int
+from dblocks_jax.tasks.text_task import GENERATION_RENAMES, LM1B, PYDOC_CPU, GenerationConfig, TextConfig, TextTask
 
 NOISY_SALT = 0x5A17  # folded into the dropout keys of the noisy stream
+OBJECTIVES = ("diffusion", "plain")
+BRIDGES = ("soft", "normalised", "hard")
 
 
-class AutoregressiveLM(EmbeddingTarget, TextTask):
+@dataclasses.dataclass(frozen=True)
+class ARConfig(Section):
+    """`objective`: "diffusion" trains each block to denoise the next token's normalised embedding;
+    "plain" is the ordinary next-token transformer (B = 1). `bridge` turns a block's logits into
+    the state D the chain steps towards (see the module docstring)."""
+
+    _path = "ar"
+    objective: str = setting("diffusion", ASSEMBLY, ", ".join(OBJECTIVES))
+    bridge: str = setting("soft", SAMPLING, ", ".join(BRIDGES))
+    steps: int = setting(0, SAMPLING, "network calls per generated token (0: one per block, at least 2)")
+    mc_draws: int = setting(8, SAMPLING, "chain starting noises per token for the Monte-Carlo likelihood")
+
+    def check(self):
+        require(self.objective in OBJECTIVES, self.field("objective"), self.objective, ", ".join(OBJECTIVES))
+        require(self.bridge in BRIDGES, self.field("bridge"), self.bridge, ", ".join(BRIDGES))
+        require(self.steps == 0 or self.steps >= 2, self.field("steps"), self.steps,
+                "0 (one call per block) or an integer >= 2")
+        require(self.mc_draws >= 1, self.field("mc_draws"), self.mc_draws, "an integer >= 1")
+
+
+# The paper's Table 4 setting is 12 layers, width 768, 12 heads, sequence 256, batch 256, AdamW 3e-4,
+# 2500 warm-up steps, B = 4, gamma 0.1 on LM1B (bytes here: no subword tokenizer ships offline). The
+# CPU preset keeps 12 layers and B = 4 (3 layers a block).
+_AR = {"model.num_layers": 12, "model.num_blocks": 4, "partition.overlap": 0.1, "optim.ema_decay": 0.0,
+       "model.positions": "rope"}
+PRESETS = (
+    Preset("pydoc_ar", "autoregressive DiffusionBlocks LM, 12 layers, B = 4, on Python's bundled pydoc text: a "
+                       "2-core CPU, minutes (--set ar.objective=plain --set model.num_blocks=1: the AR baseline)", {
+        **_AR, **PYDOC_CPU, "optim.steps": 600, "text.eval_sequences": 256}),
+    Preset("lm1b_ar", "the paper's Table 4 setting: 12 layers, width 768, 12 heads, seq 256, B = 4 on tfds:lm1b "
+                      "(bytes), for GPU/TPU", {
+        **_AR, **LM1B, "model.width": 768, "model.num_heads": 12, "optim.learning_rate": 3e-4,
+        "optim.warmup_steps": 2500, "optim.grad_clip": 1.0, "optim.steps": 1_000_000}),
+)
+FLAGS = (
+    flags.NUM_SAMPLES, flags.GRID, flags.PROMPT, flags.LENGTH, flags.REFERENCE,
+    Flag("--mc", ("evaluate",), "ar.mc_draws: chain starting noises per symbol for the Monte-Carlo likelihood", int,
+         field="ar.mc_draws"),
+    Flag("--steps", ("sample",), "ar.steps: network calls per symbol", int, field="ar.steps"),
+    Flag("--steps", ("evaluate",), "network calls per symbol (one value; default ar.steps)"),
+)
+
+
+class AutoregressiveLM(EmbeddingTarget, TextTask, EDMTask):
     name = "autoregressive_lm"
+    description = "autoregressive DiffusionBlocks LM (paper Table 4): bits per character, gen-PPL, MAUVE"
+    sections = (TextConfig, ARConfig, GenerationConfig)
+    renamed_fields = GENERATION_RENAMES
+    presets = PRESETS
+    flags = FLAGS
+    sample_formats = (".txt",)
     table_param = "target_embed"
     attention_width = 2  # a noisy token reads the clean stream's keys and its own
-    # Generation runs its own chain (ar.steps calls per token, ar.bridge); nothing is masked,
-    # augmented or class-conditioned.
-    unused_fields = ("sampling.steps", "sampling.solver", "sampling.guidance", "sampling.s_churn", "data.augment",
-                     "model.class_conditional", "model.label_dropout", "model.patch_size", "text.mask_eps",
-                     "text.eval_draws")
+    # Generation runs its own chain (ar.steps calls per token, ar.bridge); nothing is masked.
+    unused_fields = TextTask.unused_fields + ("sampling.steps", "text.mask_eps", "text.eval_draws")
 
     @classmethod
     def validate(cls, config) -> None:
         super().validate(config)
-        cls.require_one_block_when_plain(config, "ar.objective", config.ar.objective)
+        a = config.ar
+        cls.require_end_to_end(config, "ar.objective", a.objective)
+        cls.require_chain_steps(config, "ar.steps", a.steps, a.objective)
         cls.require_generation_fits(config)
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.edm = self.law
 
     @functools.cached_property
     def sampler(self):
@@ -72,12 +123,13 @@ class AutoregressiveLM(EmbeddingTarget, TextTask):
 
     @property
     def plain(self) -> bool:
-        return self.config.ar.objective == "plain"
+        return self.plain_config(self.config)
+
+    @staticmethod
+    def plain_config(config) -> bool:
+        return config.ar.objective == "plain"
 
     # -- the block and its loss ---------------------------------------------------------------------
-
-    def make_law(self) -> EDM:
-        return EDM(**dataclasses.asdict(self.config.noise))
 
     def make_block(self, rngs: nnx.Rngs) -> CausalLM:
         m = self.config.model
@@ -90,17 +142,14 @@ class AutoregressiveLM(EmbeddingTarget, TextTask):
         dropout, one key per example."""
         k_sigma, k_eps, k_drop = jax.random.split(key, 3)
         n, length = batch_spec["tokens"].shape
-        out = {"sigma": self.partition.sample_level(k_sigma, block, (n,)),
-               "eps": jax.random.normal(k_eps, (n, length - 1, self.config.model.width), jnp.float32)}
-        if self.config.model.dropout:
-            out["dropout"] = jax.random.key_data(jax.random.split(k_drop, n))
-        return out
+        return {"sigma": self.partition.sample_level(k_sigma, block, (n,)),
+                "eps": jax.random.normal(k_eps, (n, length - 1, self.config.model.width), jnp.float32),
+                **self.dropout_draw(k_drop, n)}
 
     def loss(self, params, batch, draw, block) -> jax.Array:
         """Per sequence: the mean over positions 1..L-1 of CE(logits, x_i), times lambda(sigma) for
         the diffusion objective (positions 0..L-2 predict the next symbol for the plain one)."""
-        tokens_BL, depth = batch["tokens"], self.block_depth(block)
-        keys = jax.random.wrap_key_data(draw["dropout"]) if "dropout" in draw else None
+        tokens_BL, depth, keys = batch["tokens"], self.block_depth(block), self.dropout_keys(draw)
         net = self.network(params)
         inputs_BT, targets_BT = tokens_BL[:, :-1], tokens_BL[:, 1:]
         t = inputs_BT.shape[1]
@@ -139,3 +188,48 @@ class AutoregressiveLM(EmbeddingTarget, TextTask):
             json.dump(result, f, indent=1)
         samples = continuations(self, block_params, self.config.sampling.num_samples, seed=self.config.run.seed)
         write_continuations(os.path.join(workdir, "samples.txt"), samples["prompts"], samples["continuations"])
+
+    def inference(self, block_params: list, *, batch: int, steps: int) -> Inference:
+        """Generation of the rest of a window after one symbol, for `batch` prompts, with `steps`
+        network calls per symbol (plain: one)."""
+        length = self.config.text.seq_len
+        prompts_NP = np.zeros((batch, 1), np.int32)
+        fn, args = self.sampler.generation(block_params, prompts_NP, length - 1, steps=None if self.plain else steps)
+        return Inference(fn, args, batch * (length - 1), "symbols", 1 if self.plain else self.inference_steps(steps))
+
+    # -- the shell's hooks ----------------------------------------------------------------------------
+
+    @classmethod
+    def workdir_suffix(cls, config) -> str:
+        return "_ar_plain" if config.ar.objective == "plain" else "_ar"
+
+    @classmethod
+    def train_summary(cls, workdir: str) -> list[str]:
+        path = os.path.join(workdir, "bpc.json")
+        with open(path) as f:
+            r = json.load(f)
+        detail = "exact" if r["objective"] == "plain" else (
+            f"{r['mc_draws']} chain draws per symbol, +/- {r['bpc_mc_se']:.4f}; CE at sigma_max "
+            f"{r['ce_at_sigma_max']['mean']:.3f}")
+        return [f"held-out {r['bpc']['mean']:.4f} bits per character ({detail}; unigram floor {r['unigram_bpc']:.3f}; "
+                f"{r['num_sequences']} windows of {r['seq_len']}) -> {path}; samples: "
+                f"{os.path.join(workdir, 'samples.txt')}"]
+
+    @classmethod
+    def evaluate(cls, request: Request) -> dict:
+        from dblocks_jax.tasks.autoregressive_lm_eval import evaluate_run
+
+        return evaluate_run(request, steps=one_int("--steps", request.option("steps")),
+                            reference=request.option("reference"))
+
+    @classmethod
+    def report(cls, result: dict) -> list[str]:
+        from dblocks_jax.tasks.autoregressive_lm_eval import report
+
+        return report(result)
+
+    @classmethod
+    def write_samples(cls, request: Request) -> list[str]:
+        from dblocks_jax.tasks.autoregressive_lm_eval import write_samples
+
+        return write_samples(request)

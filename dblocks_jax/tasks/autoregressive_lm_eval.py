@@ -17,8 +17,9 @@ estimates the variance of the M-draw estimate; summed over tokens, square-rooted
 number. The spread over evaluation seeds is reported beside it. `ce_at_sigma_max` is the first
 block's read-out at sigma_max, the best single predictor of generation quality reported by others.
 
-Generation. Continuations of held-out prompts (`ar.prompt_len` symbols, `ar.gen_len` new), drawn
-with `ar.temperature` and `ar.top_p`: word distinct-2/3, and with a reference model (`--reference`:
+Generation. Continuations of held-out prompts (`generation.prompt_len` symbols, `generation.gen_len`
+new), drawn with `generation.temperature` and `generation.top_p`: word distinct-2/3, and with a
+reference model (`--reference`:
 a plain autoregressive run of this project on the same vocabulary), the perplexity of the
 continuations under it (gen-PPL, per symbol) and, when the optional `mauve-text` package is
 installed, MAUVE on the reference model's mean-pooled features (the paper used GPT-2's, which are
@@ -29,6 +30,7 @@ warm-up call, on this machine.
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +39,9 @@ from jax.scipy.special import logsumexp
 
 from dblocks_jax.data import text
 from dblocks_jax.engine.chain import stack_blocks
+from dblocks_jax.engine.settings import leaves
 from dblocks_jax.evaluation.stats import summary
-from dblocks_jax.evaluation.text_metrics import bits_per_character, distinct_n, held_out
+from dblocks_jax.evaluation.text_metrics import bits_per_character, distinct_n, held_out, write_continuations
 
 SALT = 0xA5C
 
@@ -97,14 +100,15 @@ def score(task, block_params: list, seeds=(0,), windows_NL: np.ndarray | None = 
 
 
 def prompts(task, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """(prompts (N, ar.prompt_len), the true continuations (N, ar.gen_len)) from held-out windows."""
-    a = task.config.ar
-    span = a.prompt_len + a.gen_len
+    """(prompts (N, generation.prompt_len), the true continuations (N, generation.gen_len)) from
+    held-out windows."""
+    g = task.config.generation
+    span = g.prompt_len + g.gen_len
     windows = text.sequences(task.corpus.test, span).astype(np.int32)
     if len(windows) < count:
-        raise ValueError(f"the held-out text holds {len(windows)} windows of ar.prompt_len + ar.gen_len = {span} "
-                         f"symbols; {count} prompts asked for")
-    return windows[:count, :a.prompt_len], windows[:count, a.prompt_len:]
+        raise ValueError(f"the held-out text holds {len(windows)} windows of generation.prompt_len + "
+                         f"generation.gen_len = {span} symbols; {count} prompts asked for")
+    return windows[:count, :g.prompt_len], windows[:count, g.prompt_len:]
 
 
 def continuations(task, block_params: list, count: int, seed: int = 0, prompts_NP: np.ndarray | None = None,
@@ -112,7 +116,7 @@ def continuations(task, block_params: list, count: int, seed: int = 0, prompts_N
     """`count` continuations of held-out prompts (or of `prompts_NP`): ids, text, tokens per second."""
     if prompts_NP is None:
         prompts_NP, _ = prompts(task, count)
-    tokens, seconds = task.sampler.generate(block_params, prompts_NP, task.config.ar.gen_len, seed=seed,
+    tokens, seconds = task.sampler.generate(block_params, prompts_NP, task.config.generation.gen_len, seed=seed,
                                             steps=steps, bridge=bridge)
     return {"prompt_ids": prompts_NP, "ids": tokens, "prompts": [task.decode(p) for p in prompts_NP],
             "continuations": [task.decode(c) for c in tokens], "tokens_per_s": tokens.size / seconds}
@@ -150,51 +154,60 @@ def mauve_score(reference, reference_params: list, generated_NL: np.ndarray, hum
                                                          "states (not GPT-2's: unavailable offline)"}
 
 
-def load_reference(workdir: str, task, overrides: dict | None = None):
-    """A plain autoregressive run that can score `task`'s generations: (its task, its blocks)."""
-    from dblocks_jax import runs
-
-    reference, params, _ = runs.load_run(workdir, overrides)
-    a, need = task.config.ar, task.config.ar.prompt_len + task.config.ar.gen_len
-    problems = [f"its task is {reference.config.task}" if reference.config.task != "autoregressive_lm" else
-                f"its ar.objective is {reference.config.ar.objective}" if not reference.plain else "",
-                f"its vocabulary is {reference.config.text.vocabulary}, this run's {task.config.text.vocabulary}"
-                if reference.config.text.vocabulary != task.config.text.vocabulary else "",
-                f"its text.seq_len={reference.config.text.seq_len} < ar.prompt_len + ar.gen_len = {need}"
-                if reference.config.text.seq_len < need else ""]
+def check_reference(run, task, workdir: str):
+    """The config of a `--reference` run, checked before any scoring: a plain autoregressive_lm run
+    on `task`'s vocabulary that sees a prompt and its continuation."""
+    try:
+        config = run.reader.config(workdir)
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(f"--reference {workdir}: {err}") from None
+    g, need = task.config.generation, task.config.generation.prompt_len + task.config.generation.gen_len
+    problems = [f"it is a {config.task} run" if config.task != "autoregressive_lm" else
+                f"its ar.objective is {config.ar.objective}" if config.ar.objective != "plain" else "",
+                f"its vocabulary is {config.text.vocabulary}, this run's {task.config.text.vocabulary}"
+                if config.task == "autoregressive_lm" and config.text.vocabulary != task.config.text.vocabulary else "",
+                f"its text.seq_len={config.text.seq_len} < generation.prompt_len + gen_len = {need}"
+                if config.task == "autoregressive_lm" and config.text.seq_len < need else ""]
     problems = [p for p in problems if p]
     if problems:
         raise ValueError(f"--reference {workdir} must be a plain autoregressive_lm run on the same vocabulary that "
-                         f"sees {a.prompt_len} + {a.gen_len} symbols: {'; '.join(problems)}")
+                         f"sees {g.prompt_len} + {g.gen_len} symbols: {'; '.join(problems)}")
+    return config
+
+
+def load_reference(run, workdir: str, config):
+    """(task, blocks) of the checked reference run, with the request's overrides that its config
+    has (the generation settings: its continuations share the prompts' length)."""
+    known = leaves(config)
+    reference, params, _ = run.reader.load(workdir, {k: v for k, v in run.overrides.items() if k in known})
     return reference, params
 
 
-def evaluate_run(workdir, *, seeds=(0, 1, 2), overrides: dict | None = None, untrained: bool = False,
-                 num_samples: int | None = None, steps: int | None = None, mc: int | None = None,
+def evaluate_run(run, *, num_samples: int | None = None, steps: int | None = None, mc: int | None = None,
                  reference: str | None = None) -> dict:
-    """`score` over `seeds`, continuations of held-out prompts (first seed) with distinct-n and
-    tokens per second, and with a `reference` run: gen-PPL, MAUVE (optional) and the reference's
-    own generation speed and scores on the same prompts."""
-    from dblocks_jax import runs
-
-    task, params, block_steps = runs.load_run(workdir, overrides, untrained=untrained)
+    """`score` over the request's seeds, continuations of held-out prompts (first seed) with
+    distinct-n and tokens per second, and with a `reference` run: gen-PPL, MAUVE (optional) and the
+    reference's own generation speed and scores on the same prompts. `run`: the shell's `Request`."""
+    task, params, block_steps = run.load()
+    seeds = run.seeds
+    ref_config = None if reference is None else check_reference(run, task, reference)
     result = score(task, params, seeds, draws=mc, steps=steps)
     count = num_samples or task.config.sampling.num_samples
     prompts_NP, truth_NG = prompts(task, count)
     gen = continuations(task, params, count, seed=seeds[0], prompts_NP=prompts_NP, steps=steps)
     truth = [task.decode(c) for c in truth_NG]
-    a = task.config.ar
+    g = task.config.generation
     result.update({
         "samples": [f"{p}|{c}" for p, c in zip(gen["prompts"], gen["continuations"])],
         "distinct_2": distinct_n(gen["continuations"], 2), "distinct_3": distinct_n(gen["continuations"], 3),
         "held_out_distinct_2": distinct_n(truth, 2), "held_out_distinct_3": distinct_n(truth, 3),
-        "tokens_per_s": gen["tokens_per_s"], "num_prompts": count, "prompt_len": a.prompt_len,
-        "gen_len": a.gen_len, "temperature": a.temperature, "top_p": a.top_p, "block_steps": block_steps,
-        "untrained": untrained, "gen_ppl": None, "mauve": None})
+        "tokens_per_s": gen["tokens_per_s"], "num_prompts": count, "prompt_len": g.prompt_len,
+        "gen_len": g.gen_len, "temperature": g.temperature, "top_p": g.top_p, "block_steps": block_steps,
+        "untrained": run.untrained, "gen_ppl": None, "mauve": None})
     if reference is None:
         result["gen_ppl_skipped"] = "no --reference (a plain autoregressive run of this project) was given"
         return result
-    ref_task, ref_params = load_reference(reference, task, overrides)
+    ref_task, ref_params = load_reference(run, reference, ref_config)
     ref_gen = continuations(ref_task, ref_params, count, seed=seeds[0], prompts_NP=prompts_NP)
     human_NL, generated_NL = np.concatenate([prompts_NP, truth_NG], 1), np.concatenate([prompts_NP, gen["ids"]], 1)
     result.update({
@@ -204,5 +217,57 @@ def evaluate_run(workdir, *, seeds=(0, 1, 2), overrides: dict | None = None, unt
         "reference_tokens_per_s": ref_gen["tokens_per_s"],
         "reference_distinct_2": distinct_n(ref_gen["continuations"], 2),
         "reference_distinct_3": distinct_n(ref_gen["continuations"], 3),
-        **mauve_score(ref_task, ref_params, generated_NL, human_NL, a.prompt_len)})
+        **mauve_score(ref_task, ref_params, generated_NL, human_NL, g.prompt_len)})
     return result
+
+
+def report(result: dict) -> list[str]:
+    """What `evaluate` prints for an autoregressive_lm result."""
+    fmt = lambda s: f"{s['mean']:.4f} +/- {s['std']:.4f}"
+    how = "exact" if result["objective"] == "plain" else (
+        f"{result['mc_draws']} chain draws per symbol, Monte-Carlo error {result['bpc_mc_se']:.4f}; one draw "
+        f"{result['bpc_one_draw']['mean']:.4f}; CE at sigma_max {fmt(result['ce_at_sigma_max'])}")
+    lines = [f"held-out {fmt(result['bpc'])} bits per character over {len(result['seeds'])} seed(s) ({how}); "
+             f"unigram floor {result['unigram_bpc']:.4f}",
+             f"generation: {result['tokens_per_s']:.0f} symbols/s; distinct-2 {result['distinct_2']:.3f}, distinct-3 "
+             f"{result['distinct_3']:.3f} (held-out text {result['held_out_distinct_2']:.3f}, "
+             f"{result['held_out_distinct_3']:.3f})"]
+    if result["gen_ppl"] is not None:
+        mauve = "n/a (" + result["mauve_skipped"] + ")" if result["mauve"] is None else f"{result['mauve']:.3f}"
+        lines.append(f"gen-PPL under the reference {result['gen_ppl']:.3f} (held-out continuations "
+                     f"{result['held_out_gen_ppl']:.3f}, the reference's own {result['reference_gen_ppl']:.3f}); "
+                     f"reference generation {result['reference_tokens_per_s']:.0f} symbols/s; MAUVE {mauve}")
+    return lines + [f"  {sample}" for sample in result["samples"][:4]]
+
+
+def write_samples(request, generate=None, describe=None) -> list[str]:
+    """`sample` for the tasks that continue a prompt: `sampling.num_samples` continuations of
+    `--prompt` (or of as many held-out prompts), one per line of the .txt output. A prompt replaces
+    `generation.prompt_len` with its own length. `generate(task, params, count, seed, prompts_NP)`
+    draws them (default: this task's `continuations`), `describe(task)` says how."""
+    from dblocks_jax.tasks.autoregressive_lm_sampling import prompt_ids
+
+    prompt, ids, note, overrides = request.option("prompt"), None, "", {}
+    if prompt is not None:  # prompt + new symbols <= text.seq_len, whatever generation.prompt_len says
+        config = request.reader.config(request.workdirs)
+        ids, note = prompt_ids(config, prompt)
+        new, length = request.overrides.get("generation.gen_len", config.generation.gen_len), config.text.seq_len
+        if len(ids) + new > length:
+            raise ValueError(f"--prompt of {len(ids)} symbols plus {new} new ones (--length, default "
+                             f"generation.gen_len) exceeds the trained context text.seq_len={length}; allowed: "
+                             f"prompt + length <= {length}")
+        overrides["generation.prompt_len"] = len(ids)
+    task, params, _ = request.load(overrides)
+    count, seed = task.config.sampling.num_samples, request.seed or 0
+    prompts_NP = prompts(task, count)[0] if ids is None else np.tile(ids, (count, 1))
+    if generate is None:
+        out = continuations(task, params, count, seed=seed, prompts_NP=prompts_NP)
+        how = "plain next-token model" if task.plain else (f"{task.inference_steps()} network calls per symbol, "
+                                                           f"{task.config.ar.bridge} bridge")
+    else:
+        out, how = generate(task, params, count, seed, prompts_NP), describe(task)
+    lines = write_continuations(request.output, out["prompts"], out["continuations"])
+    g = task.config.generation
+    return ([note] if note else []) + [f"  {line}" for line in lines[:8]] + [
+        f"wrote {count} continuations of {g.gen_len} symbols ({how}; temperature {g.temperature}, top-p {g.top_p}; "
+        f"{out['tokens_per_s']:.0f} symbols/s) to {os.path.abspath(request.output)}"]

@@ -131,12 +131,11 @@ class Sampler:
 
     # -- generation -----------------------------------------------------------------------------------
 
-    def generate(self, block_params: list, prompts_NP: np.ndarray, new_tokens: int, *, seed: int = 0,
-                 first_id: int = 0, steps: int | None = None, bridge: str | None = None,
-                 return_logits: bool = False):
-        """(continuations (N, new_tokens) int32, seconds the compiled generation took), and with
-        `return_logits` the logits each token was drawn from (N, new_tokens, V). The prompts' ids
-        are first_id..first_id+N-1 (per-example randomness)."""
+    def generation(self, block_params: list, prompts_NP: np.ndarray, new_tokens: int, *, seed: int = 0,
+                   first_id: int = 0, steps: int | None = None, bridge: str | None = None) -> tuple:
+        """(fn, args), unrun: `fn(*args)` generates `new_tokens` symbols after each prompt and returns
+        (tokens (N, new_tokens), logits (N, new_tokens, V)); jitted once per shape and setting. The
+        prompts' ids are first_id..first_id+N-1 (per-example randomness)."""
         task = self.task
         n, p = prompts_NP.shape
         if p < 1:
@@ -150,18 +149,28 @@ class Sampler:
         if prompts_NP.min() < 0 or prompts_NP.max() >= task.vocab_size:
             raise ValueError(f"prompt ids must lie in 0..{task.vocab_size - 1} (the {task.config.text.vocabulary} "
                              f"vocabulary)")
-        stacked = stack_blocks(block_params)
-        args = (stacked, jnp.asarray(prompts_NP, jnp.int32), jnp.arange(first_id, first_id + n, dtype=jnp.int32),
+        args = (stack_blocks(block_params), jnp.asarray(prompts_NP, jnp.int32),
+                jnp.arange(first_id, first_id + n, dtype=jnp.int32),
                 jax.random.fold_in(jax.random.key(seed), GENERATE_SALT))
         cache_key = ("generate", n, p, new_tokens, steps, bridge)
         if cache_key not in self._jit:
             if not task.plain:
                 self.chain(steps, bridge)  # built outside the trace: its grid arrays are constants
             self._jit[cache_key] = jax.jit(lambda s, x, i, k: self._generate(s, x, i, k, new_tokens, steps, bridge))
+        return self._jit[cache_key], args
+
+    def generate(self, block_params: list, prompts_NP: np.ndarray, new_tokens: int, *, seed: int = 0,
+                 first_id: int = 0, steps: int | None = None, bridge: str | None = None,
+                 return_logits: bool = False):
+        """(continuations (N, new_tokens) int32, seconds the compiled generation took), and with
+        `return_logits` the logits each token was drawn from (N, new_tokens, V); see `generation`."""
+        fresh = len(self._jit)
+        fn, args = self.generation(block_params, prompts_NP, new_tokens, seed=seed, first_id=first_id, steps=steps,
+                                   bridge=bridge)
+        if len(self._jit) > fresh:
             # Compiled and run once, on first use only, outside the timing: a first execution carries
             # one-time costs (about 15 ms on the CPU) that would dominate a short generation's time.
-            jax.block_until_ready(self._jit[cache_key](*args))
-        fn = self._jit[cache_key]
+            jax.block_until_ready(fn(*args))
         start = time.perf_counter()
         tokens, logits = fn(*args)
         tokens = np.asarray(tokens)
@@ -170,7 +179,7 @@ class Sampler:
 
     def _generate(self, stacked, prompts_NP, ids_N, key, new_tokens, steps, bridge):
         task = self.task
-        a = task.config.ar
+        g = task.config.generation
         n, p = prompts_NP.shape
         size = p + new_tokens
         h, kv = self.contexts(stacked, prompts_NP, jnp.arange(p))
@@ -190,7 +199,7 @@ class Sampler:
                                       (1, task.config.model.width))
                 cond = {"kv": cache, "mask": (jnp.arange(size) < position)[None], "positions": position[None]}
                 logits_NV = run(stacked, z0, cond, key)[:, 0]
-            token_N = pick(logits_NV, keys_N, a.temperature, a.top_p)
+            token_N = pick(logits_NV, keys_N, g.temperature, g.top_p)
             mask = jnp.concatenate([jnp.arange(size) < position, jnp.ones((1,), bool)])[None]
             h_new, kv_new = self.contexts(stacked, token_N[:, None], position[None], cache, mask)
             cache = jax.tree.map(lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), position, 3),
@@ -202,12 +211,12 @@ class Sampler:
         return tokens_GN.T, jnp.swapaxes(logits_GNV, 0, 1)
 
 
-def prompt_ids(task, prompt: str) -> tuple[np.ndarray, str]:
-    """A prompt as ids in the run's vocabulary, and a note of what was mapped (text8: lowercased,
-    every other character a space; bytes: UTF-8, nothing lost). Refuses an empty prompt."""
+def prompt_ids(config, prompt: str) -> tuple[np.ndarray, str]:
+    """A prompt as ids in the vocabulary of a run's `config`, and a note of what was mapped (text8:
+    lowercased, every other character a space; bytes: UTF-8, nothing lost). Refuses an empty prompt."""
     from dblocks_jax.data import text
 
-    vocabulary = task.config.text.vocabulary
+    vocabulary = config.text.vocabulary
     if not prompt:
         raise ValueError("--prompt is empty: generation needs at least one symbol of context")
     ids = text.encode(prompt, vocabulary).astype(np.int32)

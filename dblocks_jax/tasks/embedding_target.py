@@ -23,11 +23,31 @@ class EmbeddingTarget:
     table_param: ClassVar[str]
 
     @staticmethod
-    def require_one_block_when_plain(config, field: str, objective: str) -> None:
-        """A plain (non-diffusion) objective trains one network end to end: B must be 1."""
-        require(objective == "diffusion" or config.model.num_blocks == 1, field, objective,
-                f"diffusion with model.num_blocks={config.model.num_blocks} (a plain model is trained end to "
-                f"end: set model.num_blocks=1)")
+    def least_calls(num_blocks: int) -> int:
+        """The fewest network calls of a chain: one per block (fewer would skip blocks) and at least
+        2 (a start at sigma_max and a read-out at sigma_min: B = 1 takes two calls)."""
+        return max(num_blocks, 2)
+
+    @classmethod
+    def require_chain_steps(cls, config, field: str, steps: int, objective: str) -> None:
+        """The configured network calls per chain (0: one per block) reach every block."""
+        least = cls.least_calls(config.model.num_blocks)
+        require(steps == 0 or steps >= least or objective != "diffusion", field, steps,
+                f"0 (one call per block) or an integer >= {least} (model.num_blocks={config.model.num_blocks}: "
+                f"the chain calls each block at least once)")
+
+    @classmethod
+    def check_inference(cls, config, steps: int) -> None:
+        """The bench's chain reaches every block (a plain model makes one call, whatever K)."""
+        least = cls.least_calls(config.model.num_blocks)
+        if not cls.plain_config(config) and steps < least:
+            raise ValueError(f"--sample-steps {steps}: task {cls.name} with model.num_blocks="
+                             f"{config.model.num_blocks} needs at least {least} network calls per chain")
+
+    @staticmethod
+    def plain_config(config) -> bool:
+        """Whether `config` trains the plain (non-diffusion) model."""
+        raise NotImplementedError
 
     def configured_steps(self) -> int:
         """The config's network calls per chain (0: one per block)."""
@@ -45,12 +65,10 @@ class EmbeddingTarget:
         return params
 
     def inference_steps(self, steps: int | None = None) -> int:
-        """Network calls of the chain: `steps`, else the config's, else one per block. At least B
-        (fewer points would skip blocks) and at least 2 (a start at sigma_max and a read-out at
-        sigma_min: B = 1 takes two calls)."""
+        """Network calls of the chain: `steps`, else the config's, else `least_calls`."""
+        least = self.least_calls(self.num_blocks)
         if steps is None:
-            steps = self.configured_steps() or max(self.num_blocks, 2)
-        least = max(self.num_blocks, 2)
+            steps = self.configured_steps() or least
         if steps < least:
             raise ValueError(f"inference steps={steps}; allowed: an integer >= {least} (the chain starts at "
                              f"sigma_max, reads out at sigma_min and calls each of the {self.num_blocks} block(s) "

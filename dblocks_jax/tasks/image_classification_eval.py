@@ -52,15 +52,13 @@ def table_agreement(task, block_params: list) -> dict | None:
     return {"consecutive_cosine": cosines, "raw_row_norm": [float(np.linalg.norm(t, axis=-1).mean()) for t in tables]}
 
 
-def evaluate_run(workdir: str, *, seeds=(0, 1, 2), steps: Sequence[int | None] = (None,),
-                 overrides: dict | None = None, untrained: bool = False, progress: bool = True,
+def evaluate_run(run, *, steps: Sequence[int | None] = (None,), progress: bool = True,
                  reliability_png: str | None = None) -> dict:
-    """Score a trained run (or, `untrained`, fresh blocks of its config) for each entry of `steps`
-    (None: the config's default), over the chain's `seeds`. `reliability_png`: also draw the
-    reliability diagram of every entry there."""
-    from dblocks_jax.runs import load_run
-
-    task, params, block_steps = load_run(workdir, overrides, untrained=untrained)
+    """Score a run (or, with the request's `untrained`, fresh blocks of its config) for each entry
+    of `steps` (None: the config's default), over the request's chain seeds. `run`: the shell's
+    `Request`. `reliability_png`: also draw the reliability diagram of every entry there."""
+    task, params, block_steps = run.load()
+    seeds, workdir = run.seeds, run.workdir
     if task.plain and tuple(steps) != (None,):
         raise ValueError(f"{workdir} holds a plain classifier: it makes one network call, so inference steps "
                          f"{list(steps)} do not apply")
@@ -77,10 +75,11 @@ def evaluate_run(workdir: str, *, seeds=(0, 1, 2), steps: Sequence[int | None] =
         results.append(score(task, params, steps=n, seeds=seeds, split=split))
     c = task.config
     out = {"workdir": os.path.abspath(workdir), "task": task.name, "dataset": c.data.dataset,
-           "objective": c.classify.objective, "num_blocks": task.num_blocks, "untrained": untrained,
+           "objective": c.classify.objective, "num_blocks": task.num_blocks, "untrained": run.untrained,
            "checkpoint_steps": block_steps, "official_weight": c.classify.official_weight,
            "official_table": c.classify.official_table, "grid": c.sampling.grid, "seeds": list(seeds),
-           "num_classes": task.num_classes, "table_agreement": table_agreement(task, params), "by_steps": results}
+           "num_classes": task.num_classes, "table_agreement": table_agreement(task, params), "by_steps": results,
+           "reliability_png": reliability_png}
     first = results[0]
     out.update({m: first[m] for m in METRICS})  # the first entry's scores at the top level
     if reliability_png:

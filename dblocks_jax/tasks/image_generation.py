@@ -24,10 +24,38 @@ import numpy as np
 from flax import nnx
 
 from dblocks_jax.engine import solvers
-from dblocks_jax.engine.chain import stack_blocks
+from dblocks_jax.engine.chain import per_example_normal, stack_blocks
 from dblocks_jax.engine.edm import add_noise, per_example
 from dblocks_jax.models.dit import DiT
-from dblocks_jax.tasks.image_task import ImageTask, per_example_normal
+from dblocks_jax.tasks import flags
+from dblocks_jax.tasks.base import Inference
+from dblocks_jax.tasks.image_task import ImageTask
+from dblocks_jax.tasks.plugin import Flag, Preset, Request, at_least, one_int
+
+PRESETS = (
+    Preset("shapes", "tiny DiT, B = 4, on the embedded shapes dataset: trains on a 2-core CPU in minutes",
+           {"data.dataset": "shapes"}),
+    Preset("cifar10_dit_s", "the paper's DiT-S/2 CIFAR-10 setting (12 layers, width 384, B = 3), for GPU/TPU", {
+        "data.dataset": "tfds:cifar10", "data.image_size": 32, "data.batch_size": 512,
+        "model.num_layers": 12, "model.num_blocks": 3, "model.width": 384, "model.num_heads": 6,
+        "model.patch_size": 2, "optim.learning_rate": 1e-4, "optim.warmup_steps": 0, "optim.steps": 400_000,
+        "optim.ema_decay": 0.9999, "sampling.guidance": 2.0, "run.log_every": 100}),
+)
+FLAGS = (
+    dataclasses.replace(flags.NUM_SAMPLES, commands=("sample",)), flags.GRID, flags.BATCH_SIZE,
+    Flag("--num-samples", ("evaluate",), "samples per seed (default: the held-out split's size)", int),
+    Flag("--steps", ("sample",), "sampling.steps: chain steps K", int, field="sampling.steps"),
+    Flag("--steps", ("evaluate",), "sampling.steps: chain steps K (one value)"),
+    Flag("--solver", ("sample",), "sampling.solver", choices=solvers.SOLVERS, field="sampling.solver"),
+    Flag("--guidance", ("sample", "evaluate"), "sampling.guidance: classifier-free guidance (1 = conditional)", float,
+         field="sampling.guidance"),
+    Flag("--class", ("sample",), "draw every sample of this class (default: a balanced grid over the classes)", int,
+         dest="class_label"),
+    Flag("--inception-weights", ("evaluate",), "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or an .npz with "
+                                               "its keys): adds the standard FID (InceptionV3). tfds: datasets default "
+                                               "to $DBLOCKS_INCEPTION_WEIGHTS; bundled datasets only with this flag",
+         metavar="PATH"),
+)
 
 
 def check_samples(images: np.ndarray, limit: float = 10.0) -> None:
@@ -49,6 +77,12 @@ def balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
 
 class ImageGeneration(ImageTask):
     name = "image_generation"
+    family = "dit"
+    description = "class-conditional image generation (DiT; paper Table 2): Frechet distance, FID, samples"
+    presets = PRESETS
+    flags = FLAGS
+    sample_formats = (".png", ".npz", ".npy")
+    unused_fields = ImageTask.unused_fields + ("model.dropout",)  # DiT has no dropout
 
     def __init__(self, config):
         super().__init__(config)
@@ -182,3 +216,79 @@ class ImageGeneration(ImageTask):
 
         images, _ = self.samples(block_params)
         save_image_grid(os.path.join(workdir, "samples.png"), images)
+
+    def inference(self, block_params: list, *, batch: int, steps: int) -> Inference:
+        """`batch` images from the Euler chain of `steps` steps, without guidance (one pass a step)."""
+        sampling = dataclasses.replace(self.config.sampling, steps=steps, solver="euler", grid="equiprobable",
+                                       guidance=1.0)
+        fn, args = self.sampler_and_inputs(block_params, num_samples=batch, sampling=sampling)
+        return Inference(fn, args, batch, "images", solvers.evaluations_per_sample("euler", steps))
+
+    # -- the shell's hooks ----------------------------------------------------------------------------
+
+    @classmethod
+    def train_summary(cls, workdir: str) -> list[str]:
+        return [f"samples: {os.path.join(workdir, 'samples.png')}"]
+
+    @classmethod
+    def evaluate(cls, request: Request) -> dict:
+        from dblocks_jax.tasks.image_generation_eval import evaluate_run
+
+        steps = one_int("--steps", request.option("steps"))
+        overrides = {} if steps is None else {"sampling.steps": steps}
+        return evaluate_run(dataclasses.replace(request, overrides={**request.overrides, **overrides}),
+                            num_samples=at_least("--num-samples", request.option("num_samples")),
+                            inception_weights=request.option("inception_weights"), progress=request.progress)
+
+    @classmethod
+    def report(cls, result: dict) -> list[str]:
+        fd, acc = result["frechet_distance"], result["conditional_accuracy"]
+        lines = [f"Frechet distance (classifier features, {result['num_samples']} samples vs "
+                 f"{result['num_reference']} held-out): {fd['mean']:.3f} +/- {fd['std']:.3f} over "
+                 f"{len(result['seeds'])} seeds"]
+        if acc:
+            lines.append(f"conditional accuracy: {acc['mean']:.3f} +/- {acc['std']:.3f} (classifier's own held-out "
+                         f"accuracy: {result['classifier']['held_out_accuracy']:.3f})")
+        fid = result["fid"]
+        if fid:
+            lines.append(f"FID (InceptionV3 pool3, {result['num_samples']} samples vs {result['num_reference']} "
+                         f"held-out): {fid['mean']:.2f} +/- {fid['std']:.2f} over {len(result['seeds'])} seeds "
+                         f"(weights: {fid['weights']})")
+        elif result["dataset"].startswith("tfds:"):
+            lines.append(f"FID not computed: {result['fid_skipped']}")
+        return lines
+
+    @classmethod
+    def write_samples(cls, request: Request) -> list[str]:
+        """A PNG grid, an .npz (images, labels) or an .npy written batch by batch (any number of
+        samples fits in memory)."""
+        from dblocks_jax.evaluation.plots import save_image_grid
+
+        task, params, _ = request.load()
+        s, out, label = task.config.sampling, request.output, request.option("class_label")
+        labels = None
+        if label is not None:
+            if not 0 <= label < task.num_classes:
+                raise ValueError(f"--class {label}; allowed: 0..{task.num_classes - 1} for this run "
+                                 f"(model.class_conditional: {task.config.model.class_conditional})")
+            labels = np.full(s.num_samples, label, np.int32)
+        batches = task.sample_batches(params, labels=labels, seed=request.seed,
+                                      batch_size=at_least("--batch-size", request.option("batch_size", 256)))
+        if out.endswith(".npy"):  # streamed: written batch by batch, never all in memory
+            array = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32,
+                                              shape=(s.num_samples, *task.image_shape))
+            start = 0
+            for images, _ in batches:
+                array[start:start + len(images)] = images
+                start += len(images)
+            array.flush()
+        else:
+            parts = list(batches)
+            images = np.concatenate([p[0] for p in parts])
+            labels = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+            if out.endswith(".png"):
+                save_image_grid(out, images)
+            else:
+                np.savez(out, images=images, labels=labels if labels is not None else np.zeros(0, np.int32))
+        return [f"wrote {s.num_samples} samples ({s.solver}, {s.steps} steps, {s.grid} grid, guidance {s.guidance}) "
+                f"to {out}"]

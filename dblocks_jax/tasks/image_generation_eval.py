@@ -7,23 +7,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
+
 from dblocks_jax import data
 from dblocks_jax.evaluation import image_quality, inception
 from dblocks_jax.evaluation.stats import summary
 
 
-def evaluate_run(workdir: str, *, seeds=(0, 1, 2), num_samples: int | None = None, overrides: dict | None = None,
-                 classifier_settings: image_quality.ClassifierSettings | None = None, untrained: bool = False,
+def evaluate_run(run, *, num_samples: int | None = None,
+                 classifier_settings: image_quality.ClassifierSettings | None = None,
                  inception_weights: str | None = None, progress: bool = True) -> dict:
-    """Score a trained run over sampling `seeds`. `untrained` scores freshly initialised blocks of the
-    same config instead (the baseline to beat). Standard FID is added under "fid" for TFDS datasets
-    when weights are configured (`image_quality.inception_plan`); otherwise "fid" is null and
-    "fid_skipped" says why. Weights that are configured but cannot be loaded are an error, raised
-    before sampling."""
-    from dblocks_jax.runs import load_run, read_run_config
-
+    """Score a run over its sampling seeds. `run`: the shell's `Request` (its run directory, seeds,
+    overrides; `untrained` scores freshly initialised blocks of the same config instead, the
+    baseline to beat). Standard FID is added under "fid" for TFDS datasets when weights are
+    configured (`image_quality.inception_plan`); otherwise "fid" is null and "fid_skipped" says
+    why. Weights that are configured but cannot be loaded are an error, raised before sampling."""
     classifier_settings = classifier_settings or image_quality.ClassifierSettings()
-    config = read_run_config(workdir, overrides)
+    seeds, untrained = run.seeds, run.untrained
+    config = run.reader.config(run.workdirs, run.overrides)
     dataset, size = config.data.dataset, config.data.image_size
     weights, fid_skipped = image_quality.inception_plan(dataset, inception_weights)
     extractor = inception.load_inception(weights) if weights else None
@@ -32,7 +32,7 @@ def evaluate_run(workdir: str, *, seeds=(0, 1, 2), num_samples: int | None = Non
     reference, _ = data.load_split(dataset, "test", size)
     num_samples = num_samples or len(reference)
     classifier = image_quality.FeatureClassifier(dataset, size, classifier_settings)
-    task, params, steps = load_run(workdir, overrides, untrained=untrained)
+    task, params, steps = run.load()
     reference_stats = None
     if extractor is not None:
         if progress:
@@ -51,7 +51,7 @@ def evaluate_run(workdir: str, *, seeds=(0, 1, 2), num_samples: int | None = Non
             fids.append(image_quality.inception_fid(extractor, images, reference_stats))
     s = config.sampling
     return {
-        "workdir": os.path.abspath(workdir), "dataset": dataset, "image_size": size,
+        "workdir": os.path.abspath(run.workdir), "dataset": dataset, "image_size": size,
         "num_blocks": task.num_blocks, "untrained": untrained, "checkpoint_steps": steps, "num_samples": num_samples,
         "num_reference": len(reference), "seeds": list(seeds),
         "sampler": {"solver": s.solver, "grid": s.grid, "steps": s.steps, "guidance": s.guidance},

@@ -1,33 +1,22 @@
-"""What the image tasks share: EDM's law over sigma, the dataset (bundled or TFDS), its checks, its
-training stream, the memory a run needs at the least, and per-example starting noise.
-`ImageGeneration` and `ImageClassification` build on it."""
+"""What the image tasks share: EDM's law over sigma (`EDMTask`), the dataset (bundled or TFDS),
+its checks, its training stream and the memory a run needs at the least. `ImageGeneration` and
+`ImageClassification` build on it."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 
 from dblocks_jax import data
-from dblocks_jax.engine.edm import EDM
 from dblocks_jax.engine.settings import require
-from dblocks_jax.tasks.base import Task
+from dblocks_jax.tasks.edm_task import EDMTask
 
 
-def per_example_normal(seed: int, start: int, count: int, shape: tuple[int, ...]) -> jax.Array:
-    """Standard normal draws of `shape` for examples start..start+count-1, each from its own key
-    fold_in(fold_in(key(seed), 0), i): a chain's output then does not depend on its batch."""
-    stream = jax.random.fold_in(jax.random.key(seed), 0)
-    keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(jnp.arange(start, start + count))
-    return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
-
-
-class ImageTask(Task):
+class ImageTask(EDMTask):
     """A task whose batches are {"image": (N, H, W, C) float32 in [-1, 1], "label": (N,) int32}."""
 
     extra_tokens = 0  # tokens a block adds to the image's patches (a CLS token, for instance)
-    unused_fields = ("text.vocabulary", "text.seq_len", "text.holdout", "text.mask_eps", "model.positions")
+    unused_fields = ("model.positions",)
 
     @classmethod
     def validate(cls, config) -> None:
@@ -42,10 +31,6 @@ class ImageTask(Task):
         self.info = data.dataset_info(config.data.dataset)  # reads TFDS metadata for tfds:<name> (no download)
         self.check_info()
         super().__init__(config)
-        self.edm = self.law
-
-    def make_law(self) -> EDM:
-        return EDM(**dataclasses.asdict(self.config.noise))
 
     def check_info(self) -> None:
         """Checks of the dataset's shape and classes against the config (before anything is built)."""

@@ -33,15 +33,45 @@ from flax import nnx
 from dblocks_jax.engine.chain import level_grid, make_chain, stack_blocks
 from dblocks_jax.engine.masking import LinearMasking
 from dblocks_jax.models.transformer import Transformer
-from dblocks_jax.tasks.text_task import TextTask
+from dblocks_jax.tasks import flags
+from dblocks_jax.tasks.base import Inference
+from dblocks_jax.tasks.plugin import Flag, Preset, Request, at_least, one_int
+from dblocks_jax.tasks.text_task import PYDOC_CPU, TextTask
+
+# Shared by the presets: a 12-layer model (4 layers per block at B = 3, as the paper's) with rotary
+# positions; 12 divides by B = 1, 2, 3 and 4, so the experiments compare those with equal blocks.
+# The paper's text8 setting: 12 layers, width 768, 12 heads, sequence 256, batch 256, AdamW 3e-4,
+# wd 0.03, 2000 warm-up steps, B = 3, gamma 0.05.
+_MD4 = {"model.num_layers": 12, "model.num_blocks": 3, "partition.overlap": 0.05, "optim.weight_decay": 0.03,
+        "optim.ema_decay": 0.0, "sampling.grid": "cosine", "model.positions": "rope"}
+PRESETS = (
+    Preset("pydoc_md4", "masked-diffusion LM, 12 layers, B = 3, on Python's bundled pydoc text (27 symbols): a "
+                        "2-core CPU, minutes", {
+        **_MD4, **PYDOC_CPU, "optim.steps": 1500, "text.eval_sequences": 0, "text.eval_draws": 8,
+        "sampling.steps": 64}),
+    Preset("text8_md4", "the paper's Table 3 setting: MD4, 12 layers, width 768, 12 heads, seq 256, B = 3 on "
+                        "text8 (give its path: --set data.dataset=text8:PATH), for GPU/TPU", {
+        **_MD4, "data.dataset": "text8:text8.zip", "data.batch_size": 256, "text.seq_len": 256,
+        "model.width": 768, "model.num_heads": 12, "optim.learning_rate": 3e-4, "optim.warmup_steps": 2000,
+        "optim.grad_clip": 1.0, "optim.steps": 1_000_000, "sampling.steps": 256, "sampling.num_samples": 16,
+        "text.eval_sequences": 0, "run.log_every": 100, "run.checkpoint_every": 10_000}),
+)
+FLAGS = (
+    flags.NUM_SAMPLES, flags.GRID, flags.BATCH_SIZE,
+    Flag("--steps", ("sample",), "sampling.steps: unmasking steps", int, field="sampling.steps"),
+    Flag("--steps", ("evaluate",), "unmasking steps of the samples (one value; default sampling.steps)"),
+)
 
 
 class MaskedLM(TextTask):
     name = "masked_lm"
-    # Ancestral unmasking has no ODE solver, guidance or churn; the text is neither augmented nor
-    # class-conditioned.
-    unused_fields = ("sampling.solver", "sampling.guidance", "sampling.s_churn", "data.augment",
-                     "model.class_conditional", "model.label_dropout", "model.patch_size")
+    description = "masked-diffusion language model (MD4; paper Table 3): bits per character, samples"
+    presets = PRESETS
+    flags = FLAGS
+    sample_formats = (".txt",)
+    # Masking, not Gaussian noise: EDM's constants do not apply.
+    unused_fields = TextTask.unused_fields + ("noise.sigma_min", "noise.sigma_max", "noise.sigma_data",
+                                              "noise.p_mean", "noise.p_std")
 
     def __init__(self, config):
         super().__init__(config)
@@ -68,15 +98,12 @@ class MaskedLM(TextTask):
         which symbols are masked, and with dropout one key per example."""
         k_t, k_u, k_drop = jax.random.split(key, 3)
         n, length = batch_spec["tokens"].shape
-        out = {"t": self.partition.sample_level(k_t, block, (n,)),
-               "u": jax.random.uniform(k_u, (n, length), jnp.float32)}
-        if self.config.model.dropout:
-            out["dropout"] = jax.random.key_data(jax.random.split(k_drop, n))
-        return out
+        return {"t": self.partition.sample_level(k_t, block, (n,)),
+                "u": jax.random.uniform(k_u, (n, length), jnp.float32), **self.dropout_draw(k_drop, n)}
 
     def loss(self, params, batch, draw, block) -> jax.Array:
-        keys = jax.random.wrap_key_data(draw["dropout"]) if "dropout" in draw else None
-        return self._integrand(params, batch["tokens"], draw["t"], draw["u"], self.block_depth(block), keys)
+        return self._integrand(params, batch["tokens"], draw["t"], draw["u"], self.block_depth(block),
+                               self.dropout_keys(draw))
 
     def corrupt(self, tokens_BL: jax.Array, t_B: jax.Array, u_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(z_t, masked): symbol i is masked iff u_i < 1 - alpha_t (probability 1 - alpha_t)."""
@@ -161,3 +188,51 @@ class MaskedLM(TextTask):
         samples = self.sample(block_params, self.config.sampling.num_samples, seed=self.config.run.seed)
         with open(os.path.join(workdir, "samples.txt"), "w") as f:
             f.write("\n".join(self.decode(s) for s in samples) + "\n")
+
+    def inference(self, block_params: list, *, batch: int, steps: int) -> Inference:
+        """Ancestral unmasking of `batch` sequences in `steps` steps (and the read-out's call)."""
+        z0 = jnp.full((batch, self.config.text.seq_len), self.mask_id, jnp.int32)
+        args = (stack_blocks(block_params), z0, jnp.arange(batch, dtype=jnp.int32), jax.random.key(0))
+        return Inference(self.chain(steps), args, batch, "samples", steps + 1)
+
+    # -- the shell's hooks ----------------------------------------------------------------------------
+
+    @classmethod
+    def train_summary(cls, workdir: str) -> list[str]:
+        path = os.path.join(workdir, "bpc.json")
+        with open(path) as f:
+            r = json.load(f)
+        shares = " + ".join(f"{s['mean']:.3f}" for s in r["bpc_per_block"])
+        return [f"held-out {r['bpc']['mean']:.4f} bits per character (blocks: {shares}; unigram floor "
+                f"{r['unigram_bpc']:.3f}; {r['num_sequences']} windows of {r['seq_len']}) -> {path}; samples: "
+                f"{os.path.join(workdir, 'samples.txt')}"]
+
+    @classmethod
+    def evaluate(cls, request: Request) -> dict:
+        from dblocks_jax.tasks.masked_lm_eval import evaluate_run
+
+        return evaluate_run(request, steps=at_least("--steps", one_int("--steps", request.option("steps"))))
+
+    @classmethod
+    def report(cls, result: dict) -> list[str]:
+        fmt = lambda s: f"{s['mean']:.4f} +/- {s['std']:.4f}"
+        lines = [f"held-out negative ELBO: {fmt(result['bpc'])} {result['unit']} over {len(result['seeds'])} "
+                 f"seed(s) ({result['num_sequences']} windows of {result['seq_len']}); unigram floor "
+                 f"{result['unigram_bpc']:.4f}"]
+        for b, share in enumerate(result["bpc_per_block"]):
+            lo, hi = result["band_edges"][b]
+            lines.append(f"  block {b} (t in [{lo:.3f}, {hi:.3f}]): {fmt(share)}")
+        lines.append(f"samples ({result['sample_steps']} steps, {result['sample_grid']} grid; word validity "
+                     f"{result['word_validity']:.3f}, held-out text {result['held_out_word_validity']:.3f}):")
+        return lines + [f"  {sample}" for sample in result["samples"][:4]]
+
+    @classmethod
+    def write_samples(cls, request: Request) -> list[str]:
+        """One sample per line of the .txt output."""
+        task, params, _ = request.load()
+        s = task.config.sampling
+        samples = task.sample(params, s.num_samples, seed=request.seed or 0,
+                              batch_size=at_least("--batch-size", request.option("batch_size", 256)))
+        with open(request.output, "w") as f:
+            f.write("\n".join(task.decode(x) for x in samples) + "\n")
+        return [f"wrote {s.num_samples} samples ({s.steps} unmasking steps, {s.grid} grid) to {request.output}"]

@@ -102,13 +102,12 @@ def score(task, block_params: list, seeds=(0,), windows_NL: np.ndarray | None = 
     }
 
 
-def evaluate_run(workdir, *, seeds=(0, 1, 2), overrides: dict | None = None, untrained: bool = False,
-                 num_samples: int | None = None, steps: int | None = None) -> dict:
-    """`score` over `seeds`, plus samples (drawn with the first seed) and their word validity
-    next to the held-out text's own."""
-    from dblocks_jax import runs
-
-    task, params, block_steps = runs.load_run(workdir, overrides, untrained=untrained)
+def evaluate_run(run, *, num_samples: int | None = None, steps: int | None = None) -> dict:
+    """`score` over the run's seeds, plus samples (drawn with the first seed) and their word
+    validity next to the held-out text's own. `run`: the shell's `Request` (its run, seeds,
+    overrides, `untrained`)."""
+    task, params, block_steps = run.load()
+    seeds = run.seeds
     result = score(task, params, seeds)
     count = num_samples or task.config.sampling.num_samples
     samples = [task.decode(s) for s in task.sample(params, count, seed=seeds[0], steps=steps)]
@@ -117,5 +116,5 @@ def evaluate_run(workdir, *, seeds=(0, 1, 2), overrides: dict | None = None, unt
     result.update({"samples": samples, "word_validity": word_validity(samples, known),
                    "held_out_word_validity": word_validity(reference, known),
                    "sample_steps": steps or task.config.sampling.steps, "sample_grid": task.config.sampling.grid,
-                   "block_steps": block_steps, "untrained": untrained})
+                   "block_steps": block_steps, "untrained": run.untrained})
     return result

@@ -1,4 +1,4 @@
-"""Recurrent-depth language model (paper sec. 4.5, Table 5; DESIGN sec. 12): a prelude, one core
+"""Recurrent-depth language model (paper sec. 4.5, Table 5): a prelude, one core
 iterated K times, a coda (`models.recurrent_lm`), trained two ways from the same code.
 
 `recurrent.method = "huginn"` (the baseline, Geiping et al. 2025): each step draws
@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -37,25 +39,81 @@ import optax
 from flax import nnx
 
 from dblocks_jax.engine.chain import level_grid, make_chain, stack_blocks
-from dblocks_jax.engine.edm import EDM
-from dblocks_jax.engine.settings import require
+from dblocks_jax.engine.settings import ASSEMBLY, IDENTITY, SAMPLING, Section, require, setting
 from dblocks_jax.engine.solvers import euler_step
 from dblocks_jax.models.recurrent_lm import RecurrentLM as Network
 from dblocks_jax.models.vit import normalized_rows
-from dblocks_jax.tasks.text_task import TextTask
+from dblocks_jax.tasks import flags
+from dblocks_jax.tasks.base import Inference
+from dblocks_jax.tasks.edm_task import EDMTask
+from dblocks_jax.tasks.plugin import Flag, Preset, Request, int_list
+from dblocks_jax.tasks.recurrent_depth import mixture, poisson_lognormal_steps
+from dblocks_jax.tasks.text_task import GENERATION_RENAMES, LM1B, PYDOC_CPU, GenerationConfig, TextConfig, TextTask
+
+METHODS = ("diffusion", "huginn")
+TARGETS = ("token", "prelude")
+WEIGHTINGS = ("edm", "none")
 
 
-def poisson_lognormal_steps(key: jax.Array, mean: float, sigma: float) -> jax.Array:
-    """K = 1 + Poisson(exp(tau)), tau ~ N(ln(mean - 1) - sigma^2/2, sigma^2): E[K] = mean (Huginn's
-    law of training iterations, Geiping et al. 2025 sec. 3)."""
-    k_tau, k_poisson = jax.random.split(key)
-    tau = math.log(mean - 1) - 0.5 * sigma ** 2 + sigma * jax.random.normal(k_tau)
-    return 1 + jax.random.poisson(k_poisson, jnp.exp(tau)).astype(jnp.int32)
+@dataclasses.dataclass(frozen=True)
+class RecurrentConfig(Section):
+    """Prelude, a core iterated K times, coda. `method`: "huginn" trains with K ~
+    Poisson-log-normal iterations from noise and backpropagates through the last `backprop_steps`;
+    "diffusion" (DiffusionBlocks, B = 1) trains one core pass on a noisy target state."""
+
+    _path = "recurrent"
+    method: str = setting("diffusion", ASSEMBLY, ", ".join(METHODS))
+    prelude: int = setting(2, ASSEMBLY, "prelude layers")
+    core: int = setting(4, ASSEMBLY, "core layers (iterated)")
+    coda: int = setting(2, ASSEMBLY, "coda layers")
+    target: str = setting("token", ASSEMBLY, "diffusion's clean state: token (the next token's row of a learned "
+                                             "table) or prelude (the prelude's output at the next position, without "
+                                             "gradient); both normalised to RMS noise.sigma_data")
+    weighting: str = setting("edm", IDENTITY, "diffusion: the cross-entropy's weight over sigma, edm (lambda(sigma), "
+                                              "Karras et al. eq. 8) or none")
+    mean_steps: float = setting(32.0, IDENTITY, "huginn: mean of the training iterations K")
+    steps_sigma: float = setting(0.5, IDENTITY, "huginn: std of log-rate of K's Poisson-log-normal law")
+    backprop_steps: int = setting(8, IDENTITY, "huginn: iterations backpropagated through (the last ones)")
+    state_std: float = setting(0.63, IDENTITY, "huginn: std of the starting state s_0")
+    steps: int = setting(32, SAMPLING, "core iterations at inference (K; diffusion: network calls of the chain)")
+    mc_draws: int = setting(8, SAMPLING, "starting noises whose predictions are mixed into the likelihood (both "
+                                        "methods, every K)")
+
+    def check(self):
+        require(self.method in METHODS, self.field("method"), self.method, ", ".join(METHODS))
+        require(self.target in TARGETS, self.field("target"), self.target, ", ".join(TARGETS))
+        require(self.weighting in WEIGHTINGS, self.field("weighting"), self.weighting, ", ".join(WEIGHTINGS))
+        for name in ("prelude", "core", "coda", "backprop_steps", "steps", "mc_draws"):
+            require(getattr(self, name) >= 1, self.field(name), getattr(self, name), "an integer >= 1")
+        require(self.mean_steps >= 2, self.field("mean_steps"), self.mean_steps, "a number >= 2 (K = 1 + Poisson)")
+        require(self.steps_sigma > 0, self.field("steps_sigma"), self.steps_sigma, "a number > 0")
+        require(self.state_std > 0, self.field("state_std"), self.state_std, "a number > 0")
 
 
-def mixture(logp_MNT: jax.Array) -> jax.Array:
-    """log of the mean over the leading axis of probabilities given as logs: log (1/M) sum_m p_m."""
-    return jax.nn.logsumexp(logp_MNT, 0) - jnp.log(logp_MNT.shape[0])
+# Huginn's layout (the paper's Table 5 model: hidden 512, 8 heads, prelude/core/coda 2/4/2 on LM1B). The
+# CPU preset keeps the layout at width 64 and the AR presets' data, so that a plain autoregressive run
+# of pydoc_ar can score its generations. The noise law is centred at ln sigma = 3.5, not EDM's image
+# value -1.2: at B = 1 the core sees the whole law, and below sigma ~ 2 the next token can be read
+# from z (docs/architecture.md).
+_RECURRENT = {"model.num_layers": 8, "model.num_blocks": 1, "model.positions": "rope", "optim.ema_decay": 0.0,
+              "noise.p_mean": 3.5}
+PRESETS = (
+    Preset("pydoc_recurrent", "recurrent-depth LM (prelude 2, core 4 iterated, coda 2) trained with DiffusionBlocks "
+                              "(B = 1) on Python's bundled pydoc text: a 2-core CPU, minutes (--set "
+                              "recurrent.method=huginn: the Huginn baseline)", {
+        **_RECURRENT, **PYDOC_CPU, "optim.steps": 1200, "text.eval_sequences": 256}),
+    Preset("lm1b_recurrent", "the paper's Table 5 setting: hidden 512, 8 heads, prelude/core/coda 2/4/2 on tfds:lm1b "
+                             "(bytes), for GPU/TPU", {
+        **_RECURRENT, **LM1B, "model.width": 512, "model.num_heads": 8, "optim.learning_rate": 3e-4,
+        "optim.warmup_steps": 2500, "optim.steps": 250_000}),
+)
+FLAGS = (
+    flags.NUM_SAMPLES, flags.GRID, flags.PROMPT, flags.LENGTH, flags.REFERENCE,
+    Flag("--mc", ("evaluate",), "recurrent.mc_draws: starting noises per symbol mixed into the likelihood", int,
+         field="recurrent.mc_draws"),
+    Flag("--steps", ("sample",), "recurrent.steps: core iterations K", int, field="recurrent.steps"),
+    Flag("--steps", ("evaluate",), "core iterations K, comma-separated (default: 1,2,4,8,16,32)"),
+)
 
 
 # The fields only one method reads: a non-default value under the other method is refused.
@@ -63,19 +121,24 @@ HUGINN_FIELDS = ("mean_steps", "steps_sigma", "backprop_steps", "state_std")
 DIFFUSION_FIELDS = ("target", "weighting")
 
 
-class RecurrentLM(TextTask):
+class RecurrentLM(TextTask, EDMTask):
     name = "recurrent_lm"
-    unused_fields = ("sampling.steps", "sampling.solver", "sampling.guidance", "sampling.s_churn", "data.augment",
-                     "model.class_conditional", "model.label_dropout", "model.patch_size", "model.dropout",
-                     "model.layer_split", "text.mask_eps", "text.eval_draws", "ar.objective", "ar.bridge", "ar.steps",
-                     "ar.mc_draws")
+    description = "recurrent-depth LM (Huginn; paper Table 5): bits per character against test-time depth K"
+    sections = (TextConfig, RecurrentConfig, GenerationConfig)
+    renamed_fields = GENERATION_RENAMES
+    presets = PRESETS
+    flags = FLAGS
+    sample_formats = (".txt",)
+    # B = 1: one band covers the law, so the partition has nothing to choose.
+    unused_fields = TextTask.unused_fields + ("sampling.steps", "model.dropout", "model.layer_split", "text.mask_eps",
+                                              "text.eval_draws", "partition.strategy", "partition.overlap")
 
     @classmethod
     def validate(cls, config) -> None:
         super().validate(config)
         m, r = config.model, config.recurrent
         require(m.num_blocks == 1, "model.num_blocks", m.num_blocks,
-                "1 (recurrent depth trains one core; DiffusionBlocks with B = 1, DESIGN sec. 12)")
+                "1 (recurrent depth trains one core: DiffusionBlocks with B = 1)")
         require(m.num_layers == r.prelude + r.core + r.coda, "model.num_layers", m.num_layers,
                 f"recurrent.prelude + core + coda = {r.prelude + r.core + r.coda}")
         require(m.positions == "rope", "model.positions", m.positions,
@@ -92,15 +155,11 @@ class RecurrentLM(TextTask):
 
     def __init__(self, config):
         super().__init__(config)
-        self.edm = self.law
         self._predictors: dict[tuple, object] = {}
 
     @property
     def diffusion(self) -> bool:
         return self.config.recurrent.method == "diffusion"
-
-    def make_law(self) -> EDM:
-        return EDM(**dataclasses.asdict(self.config.noise))
 
     def make_block(self, rngs: nnx.Rngs) -> Network:
         m, r = self.config.model, self.config.recurrent
@@ -252,3 +311,53 @@ class RecurrentLM(TextTask):
         from dblocks_jax.tasks.recurrent_lm_eval import write_run_artifacts
 
         write_run_artifacts(self, workdir, block_params)
+
+    def inference(self, block_params: list, *, batch: int, steps: int) -> Inference:
+        """Next-symbol predictions at every position of `batch` windows with K = `steps` core calls."""
+        tokens_NT = jnp.zeros((batch, self.config.text.seq_len - 1), jnp.int32)
+        return Inference(self.predictor(steps), (block_params[0], tokens_NT, jax.random.key(0)),
+                         batch * tokens_NT.shape[1], "predictions", steps)
+
+    # -- the shell's hooks ----------------------------------------------------------------------------
+
+    @classmethod
+    def workdir_suffix(cls, config) -> str:
+        return f"_recurrent_{config.recurrent.method}"
+
+    @classmethod
+    def train_summary(cls, workdir: str) -> list[str]:
+        path = os.path.join(workdir, "bpc.json")
+        with open(path) as f:
+            r = json.load(f)
+        by_k = ", ".join(f"K={k}: {v['bpc']['mean']:.4f}" for k, v in r["bpc_by_steps"].items())
+        return [f"held-out bits per character ({r['method']}) {by_k} -> {path}; samples: "
+                f"{os.path.join(workdir, 'samples.txt')}"]
+
+    @classmethod
+    def evaluate(cls, request: Request) -> dict:
+        from dblocks_jax.tasks.recurrent_lm_eval import STEPS, evaluate_run
+
+        steps = request.option("steps")
+        steps = int_list("--steps", steps) if steps else STEPS
+        if min(steps) < 1:
+            raise ValueError(f"--steps {request.option('steps')}; allowed: integers >= 1 (core iterations)")
+        return evaluate_run(request, steps=steps, reference=request.option("reference"))
+
+    @classmethod
+    def report(cls, result: dict) -> list[str]:
+        from dblocks_jax.tasks.recurrent_lm_eval import report
+
+        return report(result)
+
+    @classmethod
+    def write_samples(cls, request: Request) -> list[str]:
+        from dblocks_jax.tasks.autoregressive_lm_eval import write_samples
+        from dblocks_jax.tasks.recurrent_lm_eval import continuations
+
+        def generate(task, params, count, seed, prompts_NP):
+            return continuations(task, params[0], count, task.config.recurrent.steps, seed=seed, prompts_NP=prompts_NP)
+
+        def describe(task):
+            return f"{task.config.recurrent.method}, K = {task.config.recurrent.steps} core iterations per symbol"
+
+        return write_samples(request, generate, describe)

@@ -18,6 +18,7 @@ rest of the step.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -25,11 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dblocks_jax.engine import bench
 from dblocks_jax.evaluation.stats import summary
 from dblocks_jax.evaluation.text_metrics import bits_per_character, distinct_n, held_out, write_continuations
-from dblocks_jax.tasks.autoregressive_lm_eval import generation_perplexity, load_reference, mauve_score, prompts
+from dblocks_jax.tasks.autoregressive_lm_eval import (check_reference, generation_perplexity, load_reference,
+                                                      mauve_score, prompts)
 from dblocks_jax.tasks.autoregressive_lm_sampling import pick
-from dblocks_jax.tasks.recurrent_lm import mixture, poisson_lognormal_steps
+from dblocks_jax.tasks.recurrent_depth import mixture, poisson_lognormal_steps
 
 STEPS = (1, 2, 4, 8, 16, 32)
 SALT, GENERATE_SALT = 0x8EC, 0x9E7
@@ -73,7 +76,7 @@ def generate(task, params, prompts_NP: np.ndarray, new_tokens: int, steps: int, 
     if p < 1 or new_tokens < 1 or p + new_tokens > length:
         raise ValueError(f"prompt of {p} symbols + {new_tokens} new: allowed: prompt >= 1, new >= 1, prompt + new <= "
                          f"text.seq_len={length}")
-    a, predict = task.config.ar, task.predictor(steps)
+    g, predict = task.config.generation, task.predictor(steps)
     cache_key = ("generate", n, p, new_tokens, steps)
     args = (params, jnp.asarray(prompts_NP, jnp.int32), jax.random.fold_in(jax.random.key(seed), GENERATE_SALT))
     if cache_key not in task._predictors:
@@ -84,7 +87,7 @@ def generate(task, params, prompts_NP: np.ndarray, new_tokens: int, steps: int, 
                 position = p - 1 + i  # its logits predict the symbol at position + 1
                 k_noise, k_pick = jax.random.split(jax.random.fold_in(key, i))
                 logits_NV = predict(params, window_NL[:, :-1], k_noise)[:, position]
-                token_N = pick(logits_NV, jax.random.split(k_pick, n), a.temperature, a.top_p)
+                token_N = pick(logits_NV, jax.random.split(k_pick, n), g.temperature, g.top_p)
                 return window_NL.at[:, position + 1].set(token_N), None
 
             window_NL, _ = jax.lax.scan(body, window_NL, jnp.arange(new_tokens))
@@ -100,7 +103,7 @@ def generate(task, params, prompts_NP: np.ndarray, new_tokens: int, steps: int, 
 def continuations(task, params, count: int, steps: int, seed: int = 0, prompts_NP: np.ndarray | None = None) -> dict:
     if prompts_NP is None:
         prompts_NP, _ = prompts(task, count)
-    tokens, seconds = generate(task, params, prompts_NP, task.config.ar.gen_len, steps, seed)
+    tokens, seconds = generate(task, params, prompts_NP, task.config.generation.gen_len, steps, seed)
     return {"ids": tokens, "prompts": [task.decode(p) for p in prompts_NP],
             "continuations": [task.decode(c) for c in tokens], "tokens_per_s": tokens.size / seconds}
 
@@ -115,27 +118,25 @@ def expected_free_iterations(config, draws: int = 200_000) -> float:
     return float(np.mean(k - np.minimum(k, r.backprop_steps)))
 
 
+@functools.cache
+def without_free_iterations(task_cls: type) -> type:
+    """The task class whose step leaves out Huginn's iterations without gradient (counted apart)."""
+    return type(f"{task_cls.__name__}WithoutFreeIterations", (task_cls,), {"free_iterations": False})
+
+
 def training_flops(config) -> dict:
     """FLOPs of one training step (see the module docstring): {"step": expected total, "counted":
     the compiled step without its free iterations, "iteration": one core iteration forward,
     "free_iterations": their expected number}."""
-    from dblocks_jax.engine import bench
-    from dblocks_jax.tasks import make_task
-
-    def without_free_iterations(c):
-        task = make_task(c)
-        task.free_iterations = False
-        return task
-
-    counted = bench.counted_flops(config, without_free_iterations)
+    task_cls = type(config).task_class
+    counted = bench.counted_flops(config, without_free_iterations(task_cls))
     free = expected_free_iterations(config)
     out = {"counted": counted, "free_iterations": free, "iteration": 0.0, "step": counted}
     if free:
         n, length, width = config.data.batch_size, config.text.seq_len - 1, config.model.width
         state = jax.ShapeDtypeStruct((n, length, width), jnp.float32)
         # One iteration is one pass of the core's layers: a scanned stack is counted on its unrolled twin.
-        unrolled = make_task(config.override({"model.scan_layers": False, "model.dtype": "float32",
-                                              "model.attention": "xla"}))  # as bench.counted_flops counts
+        unrolled = task_cls(task_cls.flop_twin(config))  # as bench.counted_flops counts
         one = jax.jit(lambda p, s, e: unrolled.network(p).iterate(s, e)).lower(unrolled.abstract_params, state, state)
         out["iteration"] = bench.step_flops(one.compile())
         out["step"] = counted + free * out["iteration"]
@@ -166,14 +167,13 @@ def write_run_artifacts(task, workdir: str, params_list: list) -> None:
     write_continuations(os.path.join(workdir, "samples.txt"), samples["prompts"], samples["continuations"])
 
 
-def evaluate_run(workdir, *, seeds=(0, 1, 2), steps=STEPS, overrides: dict | None = None, untrained: bool = False,
-                 num_samples: int | None = None, reference: str | None = None) -> dict:
-    """`bpc_by_steps` over `seeds`, continuations at K = recurrent.steps (distinct-n, symbols/s,
-    gen-PPL and, with the optional mauve-text package, MAUVE under a plain autoregressive
-    `reference` run) and the training FLOPs per step."""
-    from dblocks_jax import runs
-
-    task, params_list, block_steps = runs.load_run(workdir, overrides, untrained=untrained)
+def evaluate_run(run, *, steps=STEPS, num_samples: int | None = None, reference: str | None = None) -> dict:
+    """`bpc_by_steps` over the request's seeds, continuations at K = recurrent.steps (distinct-n,
+    symbols/s, gen-PPL and, with the optional mauve-text package, MAUVE under a plain
+    autoregressive `reference` run) and the training FLOPs per step. `run`: the shell's `Request`."""
+    task, params_list, block_steps = run.load()
+    seeds = run.seeds
+    ref_config = None if reference is None else check_reference(run, task, reference)
     params, r = params_list[0], task.config.recurrent
     count = num_samples or task.config.sampling.num_samples
     prompts_NP, truth_NG = prompts(task, count)
@@ -184,15 +184,31 @@ def evaluate_run(workdir, *, seeds=(0, 1, 2), steps=STEPS, overrides: dict | Non
               "num_sequences": int(len(held_out(task))), "training_flops": training_flops(task.config),
               "sample_steps": r.steps, "samples": [f"{p}|{c}" for p, c in zip(gen["prompts"], gen["continuations"])],
               "distinct_2": distinct_n(gen["continuations"], 2), "held_out_distinct_2": distinct_n(truth, 2),
-              "tokens_per_s": gen["tokens_per_s"], "block_steps": block_steps, "untrained": untrained,
+              "tokens_per_s": gen["tokens_per_s"], "block_steps": block_steps, "untrained": run.untrained,
               "gen_ppl": None, "mauve": None}
     if reference is None:
         result["gen_ppl_skipped"] = "no --reference (a plain autoregressive run of this project) was given"
         return result
-    ref_task, ref_params = load_reference(reference, task, overrides)
+    ref_task, ref_params = load_reference(run, reference, ref_config)
     result.update({"reference": reference,
                    "gen_ppl": generation_perplexity(ref_task, ref_params, prompts_NP, gen["ids"]),
                    "held_out_gen_ppl": generation_perplexity(ref_task, ref_params, prompts_NP, truth_NG),
                    **mauve_score(ref_task, ref_params, np.concatenate([prompts_NP, gen["ids"]], 1),
-                                 np.concatenate([prompts_NP, truth_NG], 1), task.config.ar.prompt_len)})
+                                 np.concatenate([prompts_NP, truth_NG], 1), task.config.generation.prompt_len)})
     return result
+
+
+def report(result: dict) -> list[str]:
+    """What `evaluate` prints for a recurrent_lm result."""
+    fmt = lambda s: f"{s['mean']:.4f} +/- {s['std']:.4f}"
+    lines = [f"K = {k:>3}: held-out {fmt(r['bpc'])} bits per character (mixture of {r['draws']} starting noises; "
+             f"one draw {fmt(r['bpc_one_draw'])})" for k, r in result["bpc_by_steps"].items()]
+    f = result["training_flops"]
+    lines.append(f"training FLOPs per step ({result['method']}): {f['step']:.3e} (of which "
+                 f"{f['free_iterations']:.1f} iterations without gradient, {f['iteration']:.3e} each)")
+    mauve = result.get("mauve_skipped", "") if result["mauve"] is None else f"{result['mauve']:.3f}"
+    ppl = "" if result["gen_ppl"] is None else (f"; gen-PPL under the reference {result['gen_ppl']:.3f} (held-out "
+                                                f"continuations {result['held_out_gen_ppl']:.3f}); MAUVE {mauve}")
+    lines.append(f"generation at K = {result['sample_steps']}: {result['tokens_per_s']:.0f} symbols/s, distinct-2 "
+                 f"{result['distinct_2']:.3f} (held-out {result['held_out_distinct_2']:.3f}){ppl}")
+    return lines + [f"  {sample}" for sample in result["samples"][:4]]
