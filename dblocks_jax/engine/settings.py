@@ -150,8 +150,8 @@ class ScheduleConfig(Section):
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig(Section):
     """The chain: K steps on a level grid, one solver. `edm_stochastic` is EDM's Algorithm 2
-    (Karras et al. 2022): churn S_churn spread over the steps whose level lies in [S_tmin, S_tmax],
-    fresh noise scaled by S_noise."""
+    (Karras et al. 2022, as NVlabs/edm runs it): churn S_churn spread over the K + 1 levels and
+    applied at those in [S_tmin, S_tmax], fresh noise scaled by S_noise."""
 
     _path = "sampling"
     steps: int = setting(50, SAMPLING, "chain steps K")
