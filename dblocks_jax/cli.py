@@ -8,6 +8,7 @@ The tasks' own flags come from the registry (`Task.flags`), so a plug-in's flags
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dblocks_jax.commands.bench import run_bench
@@ -23,6 +24,7 @@ from dblocks_jax.engine.settings import SCHEDULES
 from dblocks_jax.presets import presets
 from dblocks_jax.tasks import task_names
 
+INTERRUPTED = 130  # the exit status of a program ended by SIGINT (128 + 2)
 COMMANDS = {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "bench": run_bench,
             "assemble": run_assemble, "list": run_list}
 
@@ -137,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # a task plug-in that fails to load or declares clashing flags
         print(f"dblocks: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("dblocks: interrupted; nothing was written", file=sys.stderr)
+        return INTERRUPTED
     args = parser.parse_args(argv)
     quiet_libraries(args.verbose)
     try:
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dblocks {args.command}: {interrupted_message(err, argv, args)}", file=sys.stderr)
         if not args.verbose:  # objects of an interrupted library (an asyncio loop) may fail in __del__ at exit
             sys.unraisablehook = lambda unraisable: None
-        return 130
+        return INTERRUPTED
     except (ValueError, FileNotFoundError, FileExistsError, RunLockedError) as err:
         if args.verbose:
             raise
@@ -165,5 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """The `dblocks` program (console script and `python -m dblocks_jax`): `main`, then exit. After
+    Ctrl-C the process ends at once with 130 once the message is out: whatever was to be saved was
+    saved before the interruption reached `main` (checkpoints are committed or not, never half),
+    and a normal interpreter exit could crash while XLA is still compiling in the background."""
+    status = main()
+    if status == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
