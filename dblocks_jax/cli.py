@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 
 from dblocks_jax.commands.bench import run_bench
 from dblocks_jax.commands.common import add_task_flags
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="a sampling-role field of the run's config, e.g. --set sampling.s_churn=40")
     sa.add_argument("--out", required=True, help="the output file; its extension is one the run's task writes")
+    sa.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_task_flags(sa, "sample")
 
     ev = sub.add_parser("evaluate", parents=[common],
@@ -84,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="score freshly initialised blocks of the run's config (the baseline to beat)")
     ev.add_argument("--json", help="also write the result here (default: <workdir>/evaluation.json, "
                                    "evaluation_untrained.json with --untrained)")
+    ev.add_argument("--overwrite", action="store_true", help="replace the result files if they exist")
     add_task_flags(ev, "evaluate")
 
     asm = sub.add_parser("assemble", parents=[common],
@@ -108,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help=SET_HELP)
     be.add_argument("--json", help="write the records here, with a .md table and a .png chart beside it")
+    be.add_argument("--overwrite", action="store_true", help="replace the --json, .md and .png files if they exist")
 
     ls = sub.add_parser("list", parents=[common], help="the tasks and their presets (with --fields: every config "
                                                        "field, by common section and by task)")
@@ -130,6 +134,25 @@ def quiet_libraries(verbose: bool) -> None:
             absl_logging.set_verbosity(absl_logging.FATAL)
         except ImportError:
             pass
+
+
+def redeliver_swallowed_interrupts() -> None:
+    """Make a Ctrl-C that Python swallowed count. SIGINT raises KeyboardInterrupt wherever the main
+    thread is; when that is a garbage-collection callback (JAX installs one) or a `__del__`, Python
+    prints "Exception ignored in ..." and goes on, and the command would run to its end. This
+    unraisable hook sees such an interrupt and raises it again in the main thread a moment later,
+    once the callback has returned; other unraisable errors go to the hook that was there."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            import _thread
+
+            threading.Timer(0.01, _thread.interrupt_main).start()
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +198,7 @@ def run() -> None:
     Ctrl-C the process ends at once with 130 once the message is out: whatever was to be saved was
     saved before the interruption reached `main` (checkpoints are committed or not, never half),
     and a normal interpreter exit could crash while XLA is still compiling in the background."""
+    redeliver_swallowed_interrupts()
     status = main()
     if status == INTERRUPTED:
         sys.stdout.flush()

@@ -16,7 +16,7 @@ from dblocks_jax.engine.loop import train as train_task
 from dblocks_jax.engine.settings import SAMPLING, leaves
 from dblocks_jax.engine.trainer import BlockTrainer
 from dblocks_jax.tasks import make_task
-from dblocks_jax.tasks.plugin import Request
+from dblocks_jax.tasks.plugin import Request, at_least
 
 
 def train(config: Config, workdir: str | None = None, **kwargs: Any) -> TrainResult:
@@ -94,6 +94,9 @@ def request_for(config: Config, command: str, workdirs: str | Sequence[str], *,
     if unknown:
         raise ValueError(f"task {task_cls.name} takes no {command} option {', '.join(unknown)}; it takes "
                          f"{', '.join(sorted(own)) or 'none'}")
+    for key, value in options.items():
+        if own[key].least is not None:
+            at_least(own[key].name, value, own[key].least)
     overrides = dict(overrides or {})
     check_paths(overrides, type(config))
     overrides.update({own[k].field: v for k, v in options.items() if own[k].field})
@@ -113,6 +116,30 @@ def evaluate(workdir: str, *, seeds: Sequence[int] = (0, 1, 2), untrained: bool 
     return type(config).task_class.evaluate(request_for(
         config, "evaluate", workdir, options=options, overrides=overrides, seeds=tuple(seeds), untrained=untrained,
         output=output, progress=progress))
+
+
+def partial_blocks(workdirs: str | Sequence[str], config: Config) -> dict[int, int]:
+    """{block: its newest checkpoint's step} of the blocks that stopped before `optim.steps` (a run
+    interrupted, or trained with --blocks elsewhere and assembled early)."""
+    from dblocks_jax.engine import checkpoint
+
+    sources = rundir.find_blocks(_workdirs(workdirs), config.model.num_blocks)
+    steps = {b: checkpoint.latest_step(w, b) for b, w in sources.items()}
+    return {b: n for b, n in steps.items() if n < config.optim.steps}
+
+
+def check_same_data(workdirs: str | Sequence[str], config: Config) -> None:
+    """Refuse to use a run's blocks on data other than they were trained on (a text file edited in
+    place since): the task's data fingerprint against the one run.json recorded, as a resume does."""
+    for workdir in _workdirs(workdirs):
+        saved = (rundir.read_run_record(workdir) or {}).get("data") or {}
+        if not saved:
+            continue
+        now = make_task(config).data_fingerprint()
+        changed = [f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in saved if saved[k] != now.get(k)]
+        if changed:
+            raise ValueError(f"{workdir} was trained on other data than {config.data.dataset} holds now (saved -> "
+                             f"now): {'; '.join(changed)}; its scores and samples would mix two texts")
 
 
 def assemble(workdirs: Sequence[str], out: str, overwrite: bool = False) -> dict[int, str]:

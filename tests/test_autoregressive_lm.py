@@ -3,7 +3,6 @@ full passes, the bridges, nucleus sampling, the Monte-Carlo likelihood, the plai
 CLI and the errors, on tiny models over Python's pydoc text."""
 
 import json
-import math
 import os
 
 import jax
@@ -18,6 +17,7 @@ from dblocks_jax.engine.trainer import spec_of
 from dblocks_jax.evaluation.text_metrics import distinct_n, held_out
 from dblocks_jax.models.causal_lm import causal_mask
 from dblocks_jax.presets import get_config
+from dblocks_jax.tasks import autoregressive_lm_eval
 from dblocks_jax.tasks.autoregressive_lm_eval import likelihood
 from dblocks_jax.tasks.autoregressive_lm_sampling import pick, prompt_ids
 
@@ -196,6 +196,11 @@ def test_the_monte_carlo_likelihood_averages_probabilities_not_log_probabilities
     # The split-half error matches the spread of the estimate over seeds (within sampling error).
     spread = np.std([likelihood(task, params, windows, seed=s, draws=16)["nll"] for s in range(2, 8)], ddof=1)
     assert 0.4 < spread / out["nll_se"] < 2.5, (spread, out["nll_se"])
+    # One draw has no second half to compare with: no error estimate, said in words, never "+/- nan".
+    one = autoregressive_lm_eval.score(task, params, windows_NL=windows, draws=1)
+    assert one["bpc_mc_se"] is None
+    assert autoregressive_lm_eval.mc_error(one) == "one draw: no Monte-Carlo error estimate"
+    json.dumps(one, allow_nan=False)
 
 
 def test_prompt_and_length_errors(db):
@@ -226,7 +231,8 @@ def test_distinct_n_counts_word_ngrams():
     assert distinct_n(["one two three"], 3) == 1.0
 
 
-def test_cli_trains_both_models_evaluates_against_the_reference_and_continues_a_prompt(tmp_path, capsys):
+def test_cli_trains_both_models_evaluates_against_the_reference_and_continues_a_prompt(tmp_path, capsys,
+                                                                                      monkeypatch):
     # Evaluate and sample use the shapes the training's own artifacts used (4 prompts, 4 draws, a
     # 4-symbol prompt, 6 new symbols), so the compilation cache serves them.
     args = [a for path, value in TINY.items() for a in ("--set", f"{path}={value}")]
@@ -259,14 +265,17 @@ def test_cli_trains_both_models_evaluates_against_the_reference_and_continues_a_
     with open(out_txt) as f:
         lines = f.read().splitlines()
     assert len(lines) == 4 and all(line.startswith("the |") and len(line) == len("the |") + 6 for line in lines)
-    assert cli.main(["sample", "--workdir", db_dir, "--out", out_txt, "--prompt", "x" * 30, "--length", "5"]) == 2
+    again = ["sample", "--workdir", db_dir, "--out", out_txt, "--overwrite"]  # the output rule: --overwrite
+    assert cli.main([*again, "--prompt", "x" * 30, "--length", "5"]) == 2
     assert "--prompt of 30 symbols plus 5 new ones" in capsys.readouterr().err
-    assert cli.main(["sample", "--workdir", db_dir, "--out", out_txt, "--prompt", "x" * 30, "--set",
-                     "generation.gen_len=3"]) == 2  # the --set value is the one checked
+    assert cli.main([*again, "--prompt", "x" * 30, "--set", "generation.gen_len=3"]) == 2  # the --set one counts
     assert "--prompt of 30 symbols plus 3 new ones" in capsys.readouterr().err
     # A short prompt leaves room for more than text.seq_len - generation.prompt_len new symbols.
-    assert cli.main(["sample", "--workdir", db_dir, "--out", out_txt, "--prompt", "ab", "--length", "30",
-                     "--num-samples", "1"]) == 0
+    assert cli.main([*again, "--prompt", "ab", "--length", "30", "--num-samples", "1"]) == 0
     assert [len(line) for line in open(out_txt).read().splitlines()] == [len("ab|") + 30]
-    assert cli.main(["evaluate", "--workdir", ref, "--reference", db_dir]) == 2
-    assert "must be a plain autoregressive_lm run" in capsys.readouterr().err
+    # A wrong --reference is refused from its config, before any scoring, naming --reference.
+    monkeypatch.setattr(autoregressive_lm_eval, "score", lambda *a, **k: pytest.fail("scored before the check"))
+    assert cli.main(["evaluate", "--workdir", ref, "--reference", db_dir, "--overwrite"]) == 2
+    assert "--reference " + db_dir + " must be a plain autoregressive_lm run" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--workdir", db_dir, "--reference", str(tmp_path / "nowhere"), "--overwrite"]) == 2
+    assert f"--reference {tmp_path / 'nowhere'}: " in capsys.readouterr().err

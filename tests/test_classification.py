@@ -214,8 +214,10 @@ def test_cli_trains_evaluates_and_refuses_to_sample(tmp_path, capsys):
     assert len(result["table_agreement"]["consecutive_cosine"]) == 1
     capsys.readouterr()
     assert cli.main(["sample", "--workdir", workdir, "--out", str(tmp_path / "s.png")]) == 2
-    assert "holds a run of task image_classification" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds a run of task image_classification" in err
+    assert "tasks that sample: autoregressive_lm, image_generation, masked_lm, recurrent_lm" in err
     assert cli.main(["evaluate", "--workdir", workdir, "--guidance", "2", "--json", path]) == 2
     assert "--guidance: for image_generation runs" in capsys.readouterr().err
-    assert cli.main(["evaluate", "--workdir", workdir, "--steps", "1", "--json", path]) == 2
+    assert cli.main(["evaluate", "--workdir", workdir, "--steps", "1", "--json", path, "--overwrite"]) == 2
     assert "inference steps=1; allowed: an integer >= 2" in capsys.readouterr().err

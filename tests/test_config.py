@@ -49,6 +49,9 @@ BAD = [
     ("pydoc_ar", {"ar.steps": 3}, "ar.steps", "an integer >= 4"),  # B = 4: every block called once
     ("digits_vit", {"classify.steps": 2}, "classify.steps", "an integer >= 3"),
     ("pydoc_recurrent", {"generation.gen_len": 60}, "generation.gen_len", "at most text.seq_len - generation"),
+    ("pydoc_recurrent", {"recurrent.method": "huginn", "recurrent.mean_steps": 1e9}, "recurrent.mean_steps",
+     r"a number in \[2, 1024\]"),  # once a silent hang: every step iterated the core ~1e9 times
+    ("text8_md4", {"text.holdout": 0.5}, "text.holdout", "text8:text8.zip holds out its own test split"),
 ]
 
 

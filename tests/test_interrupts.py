@@ -3,11 +3,16 @@ child processes run with JAX's default compiler flags (as a user runs them). Bef
 ended with `os._exit` after the message, an interrupt while XLA compiled the first step crashed
 the interpreter's exit with a segmentation fault (exit -11) two runs in three."""
 
+import gc
 import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
+
+from dblocks_jax import cli
 
 LM = ["train", "--config", "pydoc_md4", "--steps", "1000", "--no-progress", "--set", "text.seq_len=32",
       "--set", "model.width=32", "--set", "model.num_heads=2"]
@@ -31,7 +36,7 @@ def test_ctrl_c_while_loading_or_compiling_exits_130_with_one_line(tmp_path):
     try:
         time.sleep(1.0)
         children[0][0].send_signal(signal.SIGINT)  # still importing JAX
-        for proc, i in children[1:]:
+        for proc, _ in children[1:]:
             assert proc.stdout.readline().startswith("masked_lm: training")
         time.sleep(1.0)
         children[1][0].send_signal(signal.SIGINT)
@@ -47,3 +52,28 @@ def test_ctrl_c_while_loading_or_compiling_exits_130_with_one_line(tmp_path):
         assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err, (i, err[-2000:])
         assert lines[0] == ("dblocks: interrupted; nothing was written" if i == 0 else
                             "dblocks train: interrupted after step 0 of 3000; no checkpoint was committed")
+
+
+def test_an_interrupt_swallowed_by_a_gc_callback_is_raised_again(monkeypatch):
+    """The failure the test above caught one run in a few: SIGINT landed in JAX's garbage-collection
+    callback, Python printed "Exception ignored" and the command trained on. Here a callback raises
+    KeyboardInterrupt once; the program's unraisable hook must raise it again in the main thread."""
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    cli.redeliver_swallowed_interrupts()
+    fired = []
+
+    def callback(phase, info):
+        if not fired:
+            fired.append(phase)
+            raise KeyboardInterrupt
+
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()  # returns: the interrupt was swallowed here
+        assert fired
+        deadline = time.monotonic() + 5.0
+        with pytest.raises(KeyboardInterrupt):
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        gc.callbacks.remove(callback)

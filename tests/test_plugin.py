@@ -94,6 +94,7 @@ def test_the_plugin_trains_resumes_evaluates_samples_from_the_cli(plugin, toy_ru
     assert status == 0, err
     result = json.load(open(run / "evaluation.json"))
     assert result["num_samples"] == 64 and len(result["distance"]) == 2  # mixture.eval_samples, as resumed
+    assert result["partial_blocks"] == {}  # every block trained to optim.steps
     assert max(result["distance"]) < 0.3 and "mean distance to the nearest mode" in out  # it learned the modes
     status, out, err = dblocks(capsys, "evaluate", "--workdir", run, "--seeds", "0", "--untrained", "--num-samples",
                                "100")
@@ -112,7 +113,9 @@ def test_the_plugin_trains_resumes_evaluates_samples_from_the_cli(plugin, toy_ru
      "--num-samples)"),
     (["evaluate", "--guidance", "2"], "--guidance: for image_generation runs; {p}/toy holds a run of task toy_mixture"),
     (["evaluate", "--set", "ar.bridge=hard"], "ar.bridge belongs to autoregressive_lm; this run is toy_mixture"),
-    (["evaluate", "--set", "mixture.eval_samples=0"], "mixture.eval_samples=0; allowed: an integer >= 1"),
+    (["evaluate", "--set", "mixture.eval_samples=0", "--overwrite"],
+     "mixture.eval_samples=0; allowed: an integer >= 1"),
+    (["sample", "--out", "{p}/x.npy", "--num-samples", "0"], "--num-samples 0; allowed: an integer >= 1"),
 ])
 def test_flags_and_fields_of_other_tasks_are_refused_naming_them(plugin, toy_run, capsys, argv, message):
     """Each refused before anything is loaded or compiled, with the owner of the flag or field named."""

@@ -230,7 +230,7 @@ def test_cli_trains_samples_and_scores_against_depth(tmp_path, capsys):
     assert cli.main(["train", "--config", "pydoc_recurrent", "--steps", "120", "--workdir", workdir, "--no-progress",
                      *args, "--set", "optim.learning_rate=3e-3"]) == 0
     out = capsys.readouterr().out
-    assert "K=1:" in out and "K=3:" in out
+    assert "K=1:" in out and "K=3:" in out and "diffusion: one core pass per training step" in out
     with open(os.path.join(workdir, "bpc.json")) as f:
         trained = json.load(f)["bpc_by_steps"]
     assert cli.main(["evaluate", "--workdir", workdir, "--steps", "1,3", "--seeds", "0", "--untrained"]) == 0
@@ -249,3 +249,12 @@ def test_cli_trains_samples_and_scores_against_depth(tmp_path, capsys):
     assert len(lines) == 2 and all(line.startswith("the |") and len(line) == len("the |") + 4 for line in lines)
     assert cli.main(["evaluate", "--workdir", workdir, "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_train_says_what_a_huginn_step_costs_before_it_starts():
+    from dblocks_jax.tasks.recurrent_lm import RecurrentLM
+
+    huginn = get_config("pydoc_recurrent", {"recurrent.method": "huginn"})
+    assert "32 on average (the last min(K, 8) with gradient): about 32 core passes per step" in \
+        RecurrentLM.work_estimate(huginn)
+    assert RecurrentLM.work_estimate(get_config("pydoc_recurrent")) == "diffusion: one core pass per training step"

@@ -146,7 +146,7 @@ class ToyTask(EDMTask):
     description = "2-D Gaussian-mixture denoising (a test plug-in): distance of the samples to the modes"
     sections = (MixtureConfig,)
     presets = (PRESET,)
-    flags = (Flag("--num-samples", ("sample", "evaluate"), "points to sample", int),)
+    flags = (Flag("--num-samples", ("sample", "evaluate"), "points to sample", int, least=1),)
     sample_formats = (".npy",)
     unused_fields = ("data.image_size", "data.augment", "model.num_heads", "model.patch_size", "model.mlp_ratio",
                      "model.class_conditional", "model.label_dropout", "model.dropout", "model.positions")

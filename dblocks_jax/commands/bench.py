@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from dblocks_jax import presets as presets_lib
-from dblocks_jax.commands.common import preset_and_overrides
+from dblocks_jax.commands.common import check_output, preset_and_overrides
 from dblocks_jax.engine import bench, hardware
 from dblocks_jax.evaluation import bench_report
 from dblocks_jax.tasks.plugin import int_list
@@ -25,6 +26,9 @@ def run_bench(args: argparse.Namespace) -> None:
     settings = bench.BenchSettings(num_blocks=int_list("--num-blocks", args.num_blocks), modes=modes,
                                    time_steps=args.time_steps, sample_steps=args.sample_steps,
                                    peak_tflops=args.peak_tflops)
+    if args.json:
+        stem = os.path.splitext(args.json)[0]
+        check_output("--json", args.json, args.overwrite, also=(stem + ".md", stem + ".png"))
     bench.plan_runs(config, settings)  # every mode and B validated before anything compiles
     hardware.peak_flops("", args.peak_tflops)
     records = bench.run_bench(config, settings)

@@ -5,11 +5,14 @@ refusal path turns a flag the run's task does not declare into an error naming t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 from typing import Any
 
 from dblocks_jax import config as config_lib
 from dblocks_jax import presets as presets_lib
+from dblocks_jax import runs
 from dblocks_jax.engine.settings import SEED_LIMIT
 from dblocks_jax.tasks import registry
 from dblocks_jax.tasks.plugin import Flag
@@ -21,8 +24,10 @@ def check_seed(flag: str, seed: int | None) -> None:
         raise ValueError(f"{flag} {seed}; allowed: an integer >= 0 and < 2**32")
 
 
-def check_output(flag: str, path: str) -> None:
-    """An output file's directory must exist and be writable: checked before any work is done."""
+def check_output(flag: str, path: str, overwrite: bool = False, also: tuple[str, ...] = ()) -> None:
+    """The one rule for every file a command writes, checked before any work is done: its directory
+    exists and is writable, and it replaces an existing file only with --overwrite (as `train` and
+    `assemble` replace a run). `also`: files written beside it under the same rule."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"{flag} {path}: the directory {directory} does not exist")
@@ -30,6 +35,23 @@ def check_output(flag: str, path: str) -> None:
         raise ValueError(f"{flag} {path}: the directory {directory} is not writable")
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path} is a directory; give a file name")
+    present = [p for p in (path, *also) if os.path.exists(p)]
+    if present and not overwrite:
+        raise FileExistsError(f"{', '.join(present)} exist(s); pass --overwrite to replace, or choose another {flag}")
+
+
+@contextlib.contextmanager
+def written_whole(path: str):
+    """A temporary name beside `path` (same extension) to write to; it becomes `path` only when the
+    block completes, so an interrupted or failed command leaves no partial file under the name."""
+    stem, ext = os.path.splitext(path)
+    partial = f"{stem}.partial-{os.getpid()}{ext}"
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 def preset_and_overrides(name: str | None, assignments: list[str]) -> tuple[str, dict]:
@@ -47,6 +69,21 @@ def preset_and_overrides(name: str | None, assignments: list[str]) -> tuple[str,
 def flag_values(args: argparse.Namespace, mapping: dict[str, str]) -> dict:
     """{config path: value} of the common flags that were given (`mapping`: flag dest -> path)."""
     return {path: getattr(args, dest) for dest, path in mapping.items() if getattr(args, dest, None) is not None}
+
+
+def check_run_for_use(workdirs, config, untrained: bool = False) -> dict[int, int]:
+    """Before a run's blocks are used (sample, evaluate): refuse them on changed data, and say which
+    blocks stopped early. Returns those {block: steps} (none for fresh blocks)."""
+    if untrained:
+        return {}
+    runs.check_same_data(workdirs, config)
+    partial = runs.partial_blocks(workdirs, config)
+    if partial:
+        listed = ", ".join(f"block {b} at step {n}" for b, n in partial.items())
+        print(f"warning: {len(partial)} of {config.model.num_blocks} block(s) stopped before optim.steps="
+              f"{config.optim.steps} ({listed}): a partly trained model (resume the run to finish it)",
+              file=sys.stderr, flush=True)
+    return partial
 
 
 def task_flags(command: str) -> dict[str, list[tuple[str, Flag]]]:

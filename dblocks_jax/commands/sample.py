@@ -7,7 +7,7 @@ import argparse
 
 from dblocks_jax import config as config_lib
 from dblocks_jax import runs
-from dblocks_jax.commands.common import check_output, check_seed, task_options
+from dblocks_jax.commands.common import check_output, check_run_for_use, check_seed, task_options, written_whole
 from dblocks_jax.tasks import registry
 
 
@@ -28,7 +28,6 @@ def run_sample(args: argparse.Namespace) -> None:
             by_tasks.setdefault(tuple(tasks), []).append(ext)
         allowed = " or ".join(f"{', '.join(exts)} ({', '.join(tasks)})" for tasks, exts in by_tasks.items())
         raise ValueError(f"--out must end in {allowed}, got {args.out!r}")
-    check_output("--out", args.out)
     check_seed("--seed", args.seed)
     config = runs.read_run_config(args.workdir)
     task_cls, where = type(config).task_class, args.workdir[0]
@@ -41,7 +40,12 @@ def run_sample(args: argparse.Namespace) -> None:
                          f"{args.out!r}")
     options = task_options(args, "sample", task_cls, where)
     overrides = config_lib.parse_overrides(args.overrides, type(config))
-    request = runs.request_for(config, "sample", args.workdir, options=options, overrides=overrides, seed=args.seed,
-                               output=args.out)
-    for line in task_cls.write_samples(request):
-        print(line)
+    runs.request_for(config, "sample", args.workdir, options=options, overrides=overrides)  # checked first
+    check_output("--out", args.out, args.overwrite)
+    check_run_for_use(args.workdir, config)
+    with written_whole(args.out) as partial:
+        request = runs.request_for(config, "sample", args.workdir, options=options, overrides=overrides,
+                                   seed=args.seed, output=partial)
+        lines = task_cls.write_samples(request)
+    for line in lines:
+        print(line.replace(partial, args.out))

@@ -38,6 +38,9 @@ def run_train(args: argparse.Namespace) -> None:
     depth = m.layer_split.replace(",", "-") if m.uneven else m.layers_per_block
     print(f"{config.task}: training {which} x {depth} layers on {config.data.dataset}, {config.schedule.name} "
           f"schedule, {config.optim.steps} steps per block -> {workdir}", flush=True)
+    estimate = type(config).task_class.work_estimate(config)
+    if estimate:
+        print(estimate, flush=True)
     start = time.perf_counter()
     result = runs.train(config, workdir, overwrite=args.overwrite, resume=args.resume, blocks=blocks,
                         progress=not args.no_progress)

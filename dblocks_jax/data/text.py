@@ -113,6 +113,8 @@ def read_text(source: str) -> str:
         raise ValueError(f"text source {source} is read by load_text (a TFDS dataset is streamed, not one string)")
     if not sep or kind not in ("textfile", "text8") or not path:
         raise ValueError(f"unknown text source {source!r}; allowed: pydoc, textfile:PATH, text8:PATH, tfds:NAME")
+    if os.path.isdir(path):
+        raise ValueError(f"text source {source}: {path} is a directory; give a text file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"text source {source}: no such file {path}")
     if zipfile.is_zipfile(path):
@@ -120,10 +122,16 @@ def read_text(source: str) -> str:
             names = [n for n in archive.namelist() if not n.endswith("/")]
             if len(names) != 1:
                 raise ValueError(f"text source {source}: expected one file in the zip, found {len(names)}")
+            if kind == "text8" and os.path.basename(names[0]) != "text8":
+                raise ValueError(f"text source {source}: the zip holds {names[0]!r}, not text8 (the corpus text8.zip "
+                                 f"holds one file named text8); for another text use textfile:{path}")
             raw = archive.read(names[0])
     else:
         with open(path, "rb") as f:
             raw = f.read()
+        if raw[:4] == b"PK\x03\x04":  # a zip's first bytes, but no readable archive: cut short or damaged
+            raise ValueError(f"text source {source}: {path} starts like a zip archive but cannot be read as one "
+                             f"(truncated or damaged?)")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import jax
 
 from dblocks_jax.engine import checkpoint, distributed, settings
-from dblocks_jax.engine.lock import RunLock
+from dblocks_jax.engine.lock import LOCK_NAME, RunLock
 
 
 def config_path(workdir: str) -> str:
@@ -36,15 +36,23 @@ def read_config(workdir: str, config_cls: type) -> Any:
     return config_cls.from_dict(values, source=path)
 
 
+RUN_MARKERS = ("checkpoints", "metrics.jsonl", "config.json", "run.json")  # what says a directory holds a run
+
+
 def prepare(workdir: str, config: Any, overwrite: bool = False) -> None:
-    """Create the run directory; refuse to mix a new run into an old one unless asked to overwrite."""
-    existing = [n for n in ("checkpoints", "metrics.jsonl") if os.path.exists(os.path.join(workdir, n))]
+    """Create the run directory; refuse to mix a new run into an old one unless asked to overwrite.
+    Overwriting empties the directory first (but for its lock): the old run's results (samples,
+    scores, evaluations) must not outlive it beside the new run's checkpoints, even when the new run
+    fails or is interrupted."""
+    existing = [n for n in RUN_MARKERS if os.path.exists(os.path.join(workdir, n))]
     if existing and not overwrite:
         raise FileExistsError(f"{workdir} already holds a run ({', '.join(existing)}); choose another "
                               f"--workdir or pass --overwrite to replace it")
-    for name in existing:
-        path = os.path.join(workdir, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if existing:
+        for name in os.listdir(workdir):
+            if name != LOCK_NAME:
+                path = os.path.join(workdir, name)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
     os.makedirs(workdir, exist_ok=True)
     write_config(workdir, config)
 

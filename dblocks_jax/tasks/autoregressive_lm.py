@@ -205,11 +205,13 @@ class AutoregressiveLM(EmbeddingTarget, TextTask, EDMTask):
 
     @classmethod
     def train_summary(cls, workdir: str) -> list[str]:
+        from dblocks_jax.tasks.autoregressive_lm_eval import mc_error
+
         path = os.path.join(workdir, "bpc.json")
         with open(path) as f:
             r = json.load(f)
         detail = "exact" if r["objective"] == "plain" else (
-            f"{r['mc_draws']} chain draws per symbol, +/- {r['bpc_mc_se']:.4f}; CE at sigma_max "
+            f"{r['mc_draws']} chain draws per symbol, {mc_error(r)}; CE at sigma_max "
             f"{r['ce_at_sigma_max']['mean']:.3f}")
         return [f"held-out {r['bpc']['mean']:.4f} bits per character ({detail}; unigram floor {r['unigram_bpc']:.3f}; "
                 f"{r['num_sequences']} windows of {r['seq_len']}) -> {path}; samples: "

@@ -40,7 +40,7 @@ from jax.scipy.special import logsumexp
 from dblocks_jax.data import text
 from dblocks_jax.engine.chain import stack_blocks
 from dblocks_jax.engine.settings import leaves
-from dblocks_jax.evaluation.stats import summary
+from dblocks_jax.evaluation.stats import describe, summary
 from dblocks_jax.evaluation.text_metrics import bits_per_character, distinct_n, held_out, write_continuations
 
 SALT = 0xA5C
@@ -86,7 +86,8 @@ def score(task, block_params: list, seeds=(0,), windows_NL: np.ndarray | None = 
     scale = bits_per_character(task, windows) / math.log(2)
     result = {
         "bpc": summary([r["nll"] * scale for r in runs]),
-        "bpc_mc_se": float(np.mean([r["nll_se"] for r in runs]) * scale),
+        # Two draws at the least estimate the Monte-Carlo error (one half against the other).
+        "bpc_mc_se": float(np.mean([r["nll_se"] for r in runs]) * scale) if runs[0]["draws"] > 1 else None,
         "bpc_one_draw": summary([r["nll_one_draw"] * scale for r in runs]),
         "unigram_bpc": text.unigram_bpc(task.corpus) * bits_per_character(task, windows),
         "objective": task.config.ar.objective, "mc_draws": runs[0]["draws"], "tokens": runs[0]["tokens"],
@@ -221,11 +222,17 @@ def evaluate_run(run, *, num_samples: int | None = None, steps: int | None = Non
     return result
 
 
+def mc_error(result: dict) -> str:
+    """The Monte-Carlo error of a result's likelihood, in words (none with one draw)."""
+    se = result["bpc_mc_se"]
+    return "one draw: no Monte-Carlo error estimate" if se is None else f"Monte-Carlo error {se:.4f}"
+
+
 def report(result: dict) -> list[str]:
     """What `evaluate` prints for an autoregressive_lm result."""
-    fmt = lambda s: f"{s['mean']:.4f} +/- {s['std']:.4f}"
+    fmt = describe
     how = "exact" if result["objective"] == "plain" else (
-        f"{result['mc_draws']} chain draws per symbol, Monte-Carlo error {result['bpc_mc_se']:.4f}; one draw "
+        f"{result['mc_draws']} chain draws per symbol, {mc_error(result)}; one draw "
         f"{result['bpc_one_draw']['mean']:.4f}; CE at sigma_max {fmt(result['ce_at_sigma_max'])}")
     lines = [f"held-out {fmt(result['bpc'])} bits per character over {len(result['seeds'])} seed(s) ({how}); "
              f"unigram floor {result['unigram_bpc']:.4f}",
@@ -240,11 +247,11 @@ def report(result: dict) -> list[str]:
     return lines + [f"  {sample}" for sample in result["samples"][:4]]
 
 
-def write_samples(request, generate=None, describe=None) -> list[str]:
+def write_samples(request, generate=None, explain=None) -> list[str]:
     """`sample` for the tasks that continue a prompt: `sampling.num_samples` continuations of
     `--prompt` (or of as many held-out prompts), one per line of the .txt output. A prompt replaces
     `generation.prompt_len` with its own length. `generate(task, params, count, seed, prompts_NP)`
-    draws them (default: this task's `continuations`), `describe(task)` says how."""
+    draws them (default: this task's `continuations`), `explain(task)` says how."""
     from dblocks_jax.tasks.autoregressive_lm_sampling import prompt_ids
 
     prompt, ids, note, overrides = request.option("prompt"), None, "", {}
@@ -265,7 +272,7 @@ def write_samples(request, generate=None, describe=None) -> list[str]:
         how = "plain next-token model" if task.plain else (f"{task.inference_steps()} network calls per symbol, "
                                                            f"{task.config.ar.bridge} bridge")
     else:
-        out, how = generate(task, params, count, seed, prompts_NP), describe(task)
+        out, how = generate(task, params, count, seed, prompts_NP), explain(task)
     lines = write_continuations(request.output, out["prompts"], out["continuations"])
     g = task.config.generation
     return ([note] if note else []) + [f"  {line}" for line in lines[:8]] + [

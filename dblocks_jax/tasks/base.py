@@ -209,6 +209,12 @@ class Task(abc.ABC):
         return ""
 
     @classmethod
+    def work_estimate(cls, config) -> str | None:
+        """One line `train` prints before it starts when a step's work is not plain from the config
+        (e.g. iterations drawn at random); None: nothing to add."""
+        return None
+
+    @classmethod
     def train_summary(cls, workdir: str) -> list[str]:
         """Lines `train` prints once every block is trained (what `write_artifacts` left)."""
         return [f"checkpoints: {os.path.join(workdir, 'checkpoints')}"]
@@ -217,6 +223,11 @@ class Task(abc.ABC):
     def evaluate(cls, request: Request) -> dict:
         """`dblocks evaluate`: the task's scores of the run (JSON-ready)."""
         raise ValueError(f"task {cls.name} declares no evaluation")
+
+    @classmethod
+    def evaluation_outputs(cls, json_path: str) -> tuple[str, ...]:
+        """Files `evaluate` writes beside its JSON (the shell applies its output rule to them too)."""
+        return ()
 
     @classmethod
     def report(cls, result: dict) -> list[str]:

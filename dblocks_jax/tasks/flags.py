@@ -8,7 +8,8 @@ from dblocks_jax.tasks.plugin import Flag
 NUM_SAMPLES = Flag("--num-samples", ("sample", "evaluate"), "sampling.num_samples: how many to draw", int,
                    field="sampling.num_samples")
 GRID = Flag("--grid", ("sample",), "sampling.grid: the chain's levels", choices=GRIDS, field="sampling.grid")
-BATCH_SIZE = Flag("--batch-size", ("sample",), "samples drawn at once (default 256; any --num-samples fits)", int)
+BATCH_SIZE = Flag("--batch-size", ("sample",), "samples drawn at once (default 256; any --num-samples fits)", int,
+                  least=1)
 # The tasks that continue a prompt (the autoregressive and the recurrent-depth LMs).
 PROMPT = Flag("--prompt", ("sample",), "the text to continue (default: held-out prompts)")
 LENGTH = Flag("--length", ("sample",), "generation.gen_len: symbols to generate", int, field="generation.gen_len")

@@ -36,6 +36,7 @@ from flax import nnx
 
 from dblocks_jax.engine.chain import make_chain, per_example_normal, stack_blocks
 from dblocks_jax.engine.settings import ASSEMBLY, IDENTITY, SAMPLING, Section, require, setting
+from dblocks_jax.evaluation.stats import describe
 from dblocks_jax.models.vit import ViT
 from dblocks_jax.tasks.base import CHURN_FIELDS, Inference
 from dblocks_jax.tasks.embedding_target import EmbeddingTarget
@@ -268,18 +269,22 @@ class ImageClassification(EmbeddingTarget, ImageTask):
                 f"call(s), {r['num_examples']} images) -> {path}"]
 
     @classmethod
+    def evaluation_outputs(cls, json_path: str) -> tuple[str, ...]:
+        return (os.path.splitext(json_path)[0] + "_reliability.png",)
+
+    @classmethod
     def evaluate(cls, request: Request) -> dict:
         """Scores for each --steps entry; the reliability diagram beside the JSON."""
         from dblocks_jax.tasks.image_classification_eval import evaluate_run
 
         steps = request.option("steps")
-        diagram = os.path.splitext(request.output)[0] + "_reliability.png" if request.output else None
+        diagram = cls.evaluation_outputs(request.output)[0] if request.output else None
         return evaluate_run(request, steps=int_list("--steps", steps) if steps else (None,),
                             reliability_png=diagram, progress=request.progress)
 
     @classmethod
     def report(cls, result: dict) -> list[str]:
-        fmt = lambda s: "n/a" if s is None else f"{s['mean']:.4f} +/- {s['std']:.4f}"
+        fmt = describe
         lines = []
         for r in result["by_steps"]:
             top5 = f", top-5 {fmt(r['top5'])}" if r["top5"] else ""

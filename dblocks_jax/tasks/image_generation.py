@@ -26,11 +26,12 @@ from flax import nnx
 from dblocks_jax.engine import solvers
 from dblocks_jax.engine.chain import per_example_normal, stack_blocks
 from dblocks_jax.engine.edm import add_noise, per_example
+from dblocks_jax.evaluation.stats import describe
 from dblocks_jax.models.dit import DiT
 from dblocks_jax.tasks import flags
 from dblocks_jax.tasks.base import Inference
 from dblocks_jax.tasks.image_task import ImageTask
-from dblocks_jax.tasks.plugin import Flag, Preset, Request, at_least, one_int
+from dblocks_jax.tasks.plugin import Flag, Preset, Request, one_int
 
 PRESETS = (
     Preset("shapes", "tiny DiT, B = 4, on the embedded shapes dataset: trains on a 2-core CPU in minutes",
@@ -43,7 +44,8 @@ PRESETS = (
 )
 FLAGS = (
     dataclasses.replace(flags.NUM_SAMPLES, commands=("sample",)), flags.GRID, flags.BATCH_SIZE,
-    Flag("--num-samples", ("evaluate",), "samples per seed (default: the held-out split's size)", int),
+    Flag("--num-samples", ("evaluate",), "samples per seed (default: the held-out split's size)", int,
+         least=1),
     Flag("--steps", ("sample",), "sampling.steps: chain steps K", int, field="sampling.steps"),
     Flag("--steps", ("evaluate",), "sampling.steps: chain steps K (one value)"),
     Flag("--solver", ("sample",), "sampling.solver", choices=solvers.SOLVERS, field="sampling.solver"),
@@ -237,22 +239,22 @@ class ImageGeneration(ImageTask):
         steps = one_int("--steps", request.option("steps"))
         overrides = {} if steps is None else {"sampling.steps": steps}
         return evaluate_run(dataclasses.replace(request, overrides={**request.overrides, **overrides}),
-                            num_samples=at_least("--num-samples", request.option("num_samples")),
+                            num_samples=request.option("num_samples"),
                             inception_weights=request.option("inception_weights"), progress=request.progress)
 
     @classmethod
     def report(cls, result: dict) -> list[str]:
         fd, acc = result["frechet_distance"], result["conditional_accuracy"]
         lines = [f"Frechet distance (classifier features, {result['num_samples']} samples vs "
-                 f"{result['num_reference']} held-out): {fd['mean']:.3f} +/- {fd['std']:.3f} over "
+                 f"{result['num_reference']} held-out): {describe(fd, 3)} over "
                  f"{len(result['seeds'])} seeds"]
         if acc:
-            lines.append(f"conditional accuracy: {acc['mean']:.3f} +/- {acc['std']:.3f} (classifier's own held-out "
+            lines.append(f"conditional accuracy: {describe(acc, 3)} (classifier's own held-out "
                          f"accuracy: {result['classifier']['held_out_accuracy']:.3f})")
         fid = result["fid"]
         if fid:
             lines.append(f"FID (InceptionV3 pool3, {result['num_samples']} samples vs {result['num_reference']} "
-                         f"held-out): {fid['mean']:.2f} +/- {fid['std']:.2f} over {len(result['seeds'])} seeds "
+                         f"held-out): {describe(fid, 2)} over {len(result['seeds'])} seeds "
                          f"(weights: {fid['weights']})")
         elif result["dataset"].startswith("tfds:"):
             lines.append(f"FID not computed: {result['fid_skipped']}")
@@ -273,7 +275,7 @@ class ImageGeneration(ImageTask):
                                  f"(model.class_conditional: {task.config.model.class_conditional})")
             labels = np.full(s.num_samples, label, np.int32)
         batches = task.sample_batches(params, labels=labels, seed=request.seed,
-                                      batch_size=at_least("--batch-size", request.option("batch_size", 256)))
+                                      batch_size=request.option("batch_size", 256))
         if out.endswith(".npy"):  # streamed: written batch by batch, never all in memory
             array = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32,
                                               shape=(s.num_samples, *task.image_shape))

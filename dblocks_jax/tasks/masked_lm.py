@@ -32,6 +32,7 @@ from flax import nnx
 
 from dblocks_jax.engine.chain import level_grid, make_chain, stack_blocks
 from dblocks_jax.engine.masking import LinearMasking
+from dblocks_jax.evaluation.stats import describe
 from dblocks_jax.models.transformer import Transformer
 from dblocks_jax.tasks import flags
 from dblocks_jax.tasks.base import Inference
@@ -215,7 +216,7 @@ class MaskedLM(TextTask):
 
     @classmethod
     def report(cls, result: dict) -> list[str]:
-        fmt = lambda s: f"{s['mean']:.4f} +/- {s['std']:.4f}"
+        fmt = describe
         lines = [f"held-out negative ELBO: {fmt(result['bpc'])} {result['unit']} over {len(result['seeds'])} "
                  f"seed(s) ({result['num_sequences']} windows of {result['seq_len']}); unigram floor "
                  f"{result['unigram_bpc']:.4f}"]
@@ -232,7 +233,7 @@ class MaskedLM(TextTask):
         task, params, _ = request.load()
         s = task.config.sampling
         samples = task.sample(params, s.num_samples, seed=request.seed or 0,
-                              batch_size=at_least("--batch-size", request.option("batch_size", 256)))
+                              batch_size=request.option("batch_size", 256))
         with open(request.output, "w") as f:
             f.write("\n".join(task.decode(x) for x in samples) + "\n")
         return [f"wrote {s.num_samples} samples ({s.steps} unmasking steps, {s.grid} grid) to {request.output}"]

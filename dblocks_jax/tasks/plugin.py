@@ -39,6 +39,7 @@ class Flag:
     choices: tuple | None = None
     dest: str | None = None  # the key in `Request.options` (default: the name without dashes, "-" -> "_")
     field: str | None = None  # a sampling-role config field the flag sets: the shell adds it to the overrides
+    least: int | None = None  # an integer flag's smallest value, refused below it before any file is read
 
     @property
     def key(self) -> str:

@@ -51,6 +51,7 @@ from dblocks_jax.tasks.recurrent_depth import mixture, poisson_lognormal_steps
 from dblocks_jax.tasks.text_task import GENERATION_RENAMES, LM1B, PYDOC_CPU, GenerationConfig, TextConfig, TextTask
 
 METHODS = ("diffusion", "huginn")
+MAX_ITERATIONS = 1024  # of the core per training step or per prediction (Huginn's paper trains at a mean of 32)
 TARGETS = ("token", "prelude")
 WEIGHTINGS = ("edm", "none")
 
@@ -85,7 +86,13 @@ class RecurrentConfig(Section):
         require(self.weighting in WEIGHTINGS, self.field("weighting"), self.weighting, ", ".join(WEIGHTINGS))
         for name in ("prelude", "core", "coda", "backprop_steps", "steps", "mc_draws"):
             require(getattr(self, name) >= 1, self.field(name), getattr(self, name), "an integer >= 1")
-        require(self.mean_steps >= 2, self.field("mean_steps"), self.mean_steps, "a number >= 2 (K = 1 + Poisson)")
+        # Bounded: every training step iterates the core about mean_steps times, every inference K times.
+        require(2 <= self.mean_steps <= MAX_ITERATIONS, self.field("mean_steps"), self.mean_steps,
+                f"a number in [2, {MAX_ITERATIONS}] (K = 1 + Poisson; each training step runs about this many core "
+                f"iterations)")
+        require(self.steps <= MAX_ITERATIONS, self.field("steps"), self.steps, f"an integer in [1, {MAX_ITERATIONS}]")
+        require(self.backprop_steps <= MAX_ITERATIONS, self.field("backprop_steps"), self.backprop_steps,
+                f"an integer in [1, {MAX_ITERATIONS}]")
         require(self.steps_sigma > 0, self.field("steps_sigma"), self.steps_sigma, "a number > 0")
         require(self.state_std > 0, self.field("state_std"), self.state_std, "a number > 0")
 
@@ -325,6 +332,15 @@ class RecurrentLM(TextTask, EDMTask):
         return f"_recurrent_{config.recurrent.method}"
 
     @classmethod
+    def work_estimate(cls, config) -> str | None:
+        r = config.recurrent
+        if r.method == "diffusion":
+            return "diffusion: one core pass per training step"
+        return (f"huginn: each training step iterates the core K = 1 + Poisson times, {r.mean_steps:g} on average "
+                f"(the last min(K, {r.backprop_steps}) with gradient): about {r.mean_steps:g} core passes per step "
+                f"where the diffusion method makes one")
+
+    @classmethod
     def train_summary(cls, workdir: str) -> list[str]:
         path = os.path.join(workdir, "bpc.json")
         with open(path) as f:
@@ -339,8 +355,9 @@ class RecurrentLM(TextTask, EDMTask):
 
         steps = request.option("steps")
         steps = int_list("--steps", steps) if steps else STEPS
-        if min(steps) < 1:
-            raise ValueError(f"--steps {request.option('steps')}; allowed: integers >= 1 (core iterations)")
+        if min(steps) < 1 or max(steps) > MAX_ITERATIONS:
+            raise ValueError(f"--steps {request.option('steps')}; allowed: integers in [1, {MAX_ITERATIONS}] (core "
+                             f"iterations)")
         return evaluate_run(request, steps=steps, reference=request.option("reference"))
 
     @classmethod
@@ -357,7 +374,7 @@ class RecurrentLM(TextTask, EDMTask):
         def generate(task, params, count, seed, prompts_NP):
             return continuations(task, params[0], count, task.config.recurrent.steps, seed=seed, prompts_NP=prompts_NP)
 
-        def describe(task):
+        def explain(task):
             return f"{task.config.recurrent.method}, K = {task.config.recurrent.steps} core iterations per symbol"
 
-        return write_samples(request, generate, describe)
+        return write_samples(request, generate, explain)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dblocks_jax.engine import bench
-from dblocks_jax.evaluation.stats import summary
+from dblocks_jax.evaluation.stats import describe, summary
 from dblocks_jax.evaluation.text_metrics import bits_per_character, distinct_n, held_out, write_continuations
 from dblocks_jax.tasks.autoregressive_lm_eval import (check_reference, generation_perplexity, load_reference,
                                                       mauve_score, prompts)
@@ -200,7 +200,7 @@ def evaluate_run(run, *, steps=STEPS, num_samples: int | None = None, reference:
 
 def report(result: dict) -> list[str]:
     """What `evaluate` prints for a recurrent_lm result."""
-    fmt = lambda s: f"{s['mean']:.4f} +/- {s['std']:.4f}"
+    fmt = describe
     lines = [f"K = {k:>3}: held-out {fmt(r['bpc'])} bits per character (mixture of {r['draws']} starting noises; "
              f"one draw {fmt(r['bpc_one_draw'])})" for k, r in result["bpc_by_steps"].items()]
     f = result["training_flops"]

@@ -92,6 +92,10 @@ class TextTask(Task):
         dataset = config.data.dataset
         require(text.is_text_source(dataset) and dataset not in dataset_names(), "data.dataset", dataset,
                 f"a text source for task {config.task}: pydoc, textfile:PATH, text8:PATH or tfds:<text dataset>")
+        default = TextConfig().holdout
+        require(not dataset.startswith(("text8:", "tfds:")) or config.text.holdout == default, "text.holdout",
+                config.text.holdout, f"{default}, its default: {dataset} holds out its own test split (text8: its "
+                                     f"last 5 %; TFDS: the test split), so no share is cut from it")
 
     @staticmethod
     def require_generation_fits(config) -> None:
