@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 
@@ -26,6 +27,7 @@ from dblocks_jax.presets import presets
 from dblocks_jax.tasks import task_names
 
 INTERRUPTED = 130  # the exit status of a program ended by SIGINT (128 + 2)
+ANSWERED = threading.Event()  # set once a command has answered Ctrl-C: no interrupt is raised again after it
 COMMANDS = {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "bench": run_bench,
             "assemble": run_assemble, "list": run_list}
 
@@ -140,15 +142,18 @@ def redeliver_swallowed_interrupts() -> None:
     """Make a Ctrl-C that Python swallowed count. SIGINT raises KeyboardInterrupt wherever the main
     thread is; when that is a garbage-collection callback (JAX installs one) or a `__del__`, Python
     prints "Exception ignored in ..." and goes on, and the command would run to its end. This
-    unraisable hook sees such an interrupt and raises it again in the main thread a moment later,
-    once the callback has returned; other unraisable errors go to the hook that was there."""
+    unraisable hook sees such an interrupt and sends SIGINT to the main thread again a moment later,
+    once the callback has returned (a signal, so that a blocking wait wakes up too), unless the
+    command has answered an interrupt already; other unraisable errors go to the hook that was there."""
     previous = sys.unraisablehook
+
+    def again() -> None:
+        if not ANSWERED.is_set():
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     def hook(unraisable) -> None:
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
-            import _thread
-
-            threading.Timer(0.01, _thread.interrupt_main).start()
+            threading.Timer(0.01, again).start()
         else:
             previous(unraisable)
 
@@ -170,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except KeyboardInterrupt as err:
+        ANSWERED.set()
         print(f"dblocks {args.command}: {interrupted_message(err, argv, args)}", file=sys.stderr)
         if not args.verbose:  # objects of an interrupted library (an asyncio loop) may fail in __del__ at exit
             sys.unraisablehook = lambda unraisable: None

@@ -131,11 +131,12 @@ def partial_blocks(workdirs: str | Sequence[str], config: Config) -> dict[int, i
 def check_same_data(workdirs: str | Sequence[str], config: Config) -> None:
     """Refuse to use a run's blocks on data other than they were trained on (a text file edited in
     place since): the task's data fingerprint against the one run.json recorded, as a resume does."""
+    now = None
     for workdir in _workdirs(workdirs):
         saved = (rundir.read_run_record(workdir) or {}).get("data") or {}
         if not saved:
             continue
-        now = make_task(config).data_fingerprint()
+        now = make_task(config).data_fingerprint() if now is None else now
         changed = [f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in saved if saved[k] != now.get(k)]
         if changed:
             raise ValueError(f"{workdir} was trained on other data than {config.data.dataset} holds now (saved -> "

@@ -236,7 +236,7 @@ def test_cli_trains_both_models_evaluates_against_the_reference_and_continues_a_
     # Evaluate and sample use the shapes the training's own artifacts used (4 prompts, 4 draws, a
     # 4-symbol prompt, 6 new symbols), so the compilation cache serves them.
     args = [a for path, value in TINY.items() for a in ("--set", f"{path}={value}")]
-    args += ["--set", "text.seq_len=32", "--set", "data.batch_size=32", "--set", "optim.learning_rate=3e-3",
+    args += ["--set", "text.seq_len=32", "--set", "optim.learning_rate=3e-3",
              "--set", "optim.warmup_steps=10", "--no-progress"]
     ref, db_dir = str(tmp_path / "ar"), str(tmp_path / "db")
     assert cli.main(["train", "--config", "pydoc_ar", "--steps", "150", "--workdir", ref, *args,

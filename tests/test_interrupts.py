@@ -59,21 +59,30 @@ def test_an_interrupt_swallowed_by_a_gc_callback_is_raised_again(monkeypatch):
     callback, Python printed "Exception ignored" and the command trained on. Here a callback raises
     KeyboardInterrupt once; the program's unraisable hook must raise it again in the main thread."""
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    cli.ANSWERED.clear()
     cli.redeliver_swallowed_interrupts()
     fired = []
 
     def callback(phase, info):
-        if not fired:
+        if len(fired) < 2 and phase == "start":
             fired.append(phase)
             raise KeyboardInterrupt
 
     gc.callbacks.append(callback)
     try:
-        gc.collect()  # returns: the interrupt was swallowed here
-        assert fired
         deadline = time.monotonic() + 5.0
         with pytest.raises(KeyboardInterrupt):
+            gc.collect()  # returns: the interrupt was swallowed here
+            assert fired
             while time.monotonic() < deadline:
                 time.sleep(0.01)
+        # Once the command has answered an interrupt, a swallowed one is not raised again.
+        cli.ANSWERED.set()
+        gc.collect()
+        assert len(fired) == 2
+        time.sleep(0.5)
     finally:
         gc.callbacks.remove(callback)
+        signal.signal(signal.SIGINT, previous)
+        cli.ANSWERED.clear()

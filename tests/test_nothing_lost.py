@@ -129,6 +129,37 @@ def test_a_text_changed_since_training_is_refused_where_the_run_is_used(tmp_path
     assert f"{workdir} was trained on other data than textfile:{corpus} holds now" in err and "sha256" in err
     assert cli.main(["evaluate", "--workdir", workdir, "--untrained", "--seeds", "0"]) == 0  # fresh blocks: no claim
 
+    # Halves of the run assembled: the assembled run keeps their fingerprint and is checked alike; halves
+    # trained on different texts are refused.
+    import shutil
+
+    halves = [str(tmp_path / f"half{b}") for b in range(2)]
+    for half, drop in zip(halves, ([1, 2], [0])):  # B = 3: blocks 0 | 1, 2
+        shutil.copytree(workdir, half)
+        for b in drop:
+            shutil.rmtree(os.path.join(half, "checkpoints", f"block_{b:03d}"))
+    assembled = str(tmp_path / "assembled")
+    assert cli.main(["assemble", "--workdir", halves[0], "--workdir", halves[1], "--out", assembled]) == 0
+    capsys.readouterr()
+    assert cli.main(["sample", "--workdir", assembled, "--out", str(tmp_path / "s.txt")]) == 2
+    assert "was trained on other data than" in capsys.readouterr().err
+    record = json.load(open(os.path.join(halves[1], "run.json")))
+    record["data"]["train_sha256"] = "0" * 64
+    json.dump(record, open(os.path.join(halves[1], "run.json"), "w"))
+    assert cli.main(["assemble", "--workdir", halves[0], "--workdir", halves[1], "--out", str(tmp_path / "mix")]) == 2
+    assert "they trained on different data" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "mix")
+
+
+def test_overwrite_never_empties_a_directory_that_is_not_a_run(tmp_path, capsys):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('mine')")
+    (project / "config.json").write_text('{"learning_rate": 0.1}')  # another program's config
+    assert cli.main(["train", "--workdir", str(project), "--overwrite", "--steps", "1", *TINY]) == 2
+    assert "no config.json or run.json of a dblocks run" in capsys.readouterr().err
+    assert sorted(os.listdir(project)) == ["config.json", "src"] and (project / "src" / "main.py").exists()
+
 
 def test_text_sources_say_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="is a directory; give a text file"):

@@ -4,6 +4,7 @@ formats it declares (`Task.sample_formats`)."""
 from __future__ import annotations
 
 import argparse
+import os
 
 from dblocks_jax import config as config_lib
 from dblocks_jax import runs
@@ -47,5 +48,5 @@ def run_sample(args: argparse.Namespace) -> None:
         request = runs.request_for(config, "sample", args.workdir, options=options, overrides=overrides,
                                    seed=args.seed, output=partial)
         lines = task_cls.write_samples(request)
-    for line in lines:
-        print(line.replace(partial, args.out))
+    for line in lines:  # the hook named the temporary file, as given or as an absolute path
+        print(line.replace(os.path.abspath(partial), os.path.abspath(args.out)).replace(partial, args.out))

@@ -39,15 +39,36 @@ def read_config(workdir: str, config_cls: type) -> Any:
 RUN_MARKERS = ("checkpoints", "metrics.jsonl", "config.json", "run.json")  # what says a directory holds a run
 
 
+def _json_object(path: str) -> dict:
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def written_by_train(workdir: str) -> bool:
+    """Whether `workdir` is a run directory this package wrote: its config.json names a task or a
+    config format, or its run.json lists blocks. A `config.json` or `checkpoints/` of another
+    program is not enough (`--overwrite` must never empty a project folder)."""
+    config = _json_object(config_path(workdir))
+    return "task" in config or "format" in config or "blocks" in _json_object(os.path.join(workdir, "run.json"))
+
+
 def prepare(workdir: str, config: Any, overwrite: bool = False) -> None:
     """Create the run directory; refuse to mix a new run into an old one unless asked to overwrite.
     Overwriting empties the directory first (but for its lock): the old run's results (samples,
     scores, evaluations) must not outlive it beside the new run's checkpoints, even when the new run
-    fails or is interrupted."""
+    fails or is interrupted. Only a directory `train` or `assemble` wrote is emptied."""
     existing = [n for n in RUN_MARKERS if os.path.exists(os.path.join(workdir, n))]
     if existing and not overwrite:
         raise FileExistsError(f"{workdir} already holds a run ({', '.join(existing)}); choose another "
                               f"--workdir or pass --overwrite to replace it")
+    if existing and not written_by_train(workdir):
+        raise FileExistsError(f"{workdir} holds {', '.join(existing)} but no config.json or run.json of a dblocks "
+                              f"run; --overwrite empties only a run directory that dblocks wrote: choose another "
+                              f"--workdir (nothing was touched)")
     if existing:
         for name in os.listdir(workdir):
             if name != LOCK_NAME:
@@ -163,19 +184,22 @@ def assemble(workdirs: Sequence[str], out: str, config_cls: type, overwrite: boo
                              f"touched)")
     config = read_runs_config(workdirs, config_cls)
     sources = find_blocks(workdirs, config.model.num_blocks)
+    # The inputs' data fingerprint (they agree: `read_runs_config`), kept so that `sample` and
+    # `evaluate` check the assembled run like any other.
+    data = next((d for w in workdirs if (d := (read_run_record(w) or {}).get("data"))), {})
     with RunLock(out):
-        _assemble_into(out, config, sources, overwrite)
+        _assemble_into(out, config, sources, overwrite, data)
     return sources
 
 
-def _assemble_into(out: str, config: Any, sources: dict[int, str], overwrite: bool) -> None:
+def _assemble_into(out: str, config: Any, sources: dict[int, str], overwrite: bool, data: dict) -> None:
     prepare(out, config, overwrite)
     for b, workdir in sources.items():
         step = checkpoint.latest_step(workdir, b)
         shutil.copytree(checkpoint.step_dir(workdir, b, step), checkpoint.step_dir(out, b, step))
     with open(os.path.join(out, "run.json"), "w") as f:
-        json.dump({"blocks": list(sources), "assembled_from": {str(b): os.path.abspath(w) for b, w in sources.items()}},
-                  f, indent=1)
+        json.dump({"blocks": list(sources), "assembled_from": {str(b): os.path.abspath(w) for b, w in sources.items()},
+                   "data": data}, f, indent=1)
 
 
 def stream_state(stream) -> Any:
