@@ -1,4 +1,4 @@
-"""Command line: `dblocks {train,sample,evaluate,assemble,bench,list} ...` (also `python -m dblocks_jax`).
+"""Command line: `dblocks {train,sample,evaluate,assemble,bench,plot,list} ...` (also `python -m dblocks_jax`).
 
 A thin layer: it parses the arguments and hands them to the subcommand (`dblocks_jax.commands`),
 which validates the config before anything compiles; errors become one line and an exit status.
@@ -17,6 +17,7 @@ from dblocks_jax.commands.bench import run_bench
 from dblocks_jax.commands.common import add_task_flags
 from dblocks_jax.commands.evaluate import run_evaluate
 from dblocks_jax.commands.listing import run_list
+from dblocks_jax.commands.plot import run_plot
 from dblocks_jax.commands.sample import run_sample
 from dblocks_jax.commands.train import interrupted_message, run_assemble, run_train
 from dblocks_jax.config import config_class
@@ -29,7 +30,7 @@ from dblocks_jax.tasks import task_names
 INTERRUPTED = 130  # the exit status of a program ended by SIGINT (128 + 2)
 ANSWERED = threading.Event()  # set once a command has answered Ctrl-C: no interrupt is raised again after it
 COMMANDS = {"train": run_train, "sample": run_sample, "evaluate": run_evaluate, "bench": run_bench,
-            "assemble": run_assemble, "list": run_list}
+            "assemble": run_assemble, "plot": run_plot, "list": run_list}
 
 SET_HELP = "override a config field, e.g. --set model.width=64 (repeatable; `dblocks list --fields`)"
 
@@ -114,6 +115,14 @@ def _parser() -> argparse.ArgumentParser:
                     help=SET_HELP)
     be.add_argument("--json", help="write the records here, with a .md table and a .png chart beside it")
     be.add_argument("--overwrite", action="store_true", help="replace the --json, .md and .png files if they exist")
+
+    pl = sub.add_parser("plot", parents=[common],
+                        help="a logged metric against each block's step for one or many runs (seeds of one config: "
+                             "mean +/- std)")
+    pl.add_argument("workdir", nargs="+", metavar="RUN", help="run directories (their metrics.jsonl)")
+    pl.add_argument("--metric", default="loss", help="a field of metrics.jsonl: loss, grad_norm, lr, elapsed_s")
+    pl.add_argument("--out", default="curves.png", help="the figure (.png, .pdf or .svg; default curves.png)")
+    pl.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     ls = sub.add_parser("list", parents=[common], help="the tasks and their presets (with --fields: every config "
                                                        "field, by common section and by task)")
