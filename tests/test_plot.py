@@ -10,6 +10,7 @@ from conftest import tiny_config
 from PIL import Image
 
 from dblocks_jax import cli
+from dblocks_jax.commands import plot
 from dblocks_jax.evaluation import curves
 
 
@@ -38,10 +39,10 @@ def three_runs(tmp_path):
 
 def test_seeds_of_one_config_form_one_band_and_configs_their_own_panels(three_runs, tmp_path, capsys):
     seed0, seed1, b4 = three_runs
-    configs = {w: json.load(open(os.path.join(w, "config.json"))) for w in three_runs}
-    groups = curves.group_runs(configs)
+    trainings = {w: plot.training_of(w)[0] for w in three_runs}
+    groups = curves.group_runs(trainings)
     assert groups == {"model.num_blocks=2": [seed0, seed1], "model.num_blocks=4": [b4]}
-    records = {w: curves.read_metrics(w) for w in three_runs}
+    records = {w: curves.read_metrics(w)[0] for w in three_runs}
     by_group = curves.group_curves(records, groups, "loss")
     steps, values = by_group["model.num_blocks=2"][1]
     assert steps.tolist() == [10, 20] and values.tolist() == [[4.0, 3.0], [4.4, 3.2]]  # the steps both logged
@@ -53,19 +54,44 @@ def test_seeds_of_one_config_form_one_band_and_configs_their_own_panels(three_ru
     out = tmp_path / "curves.png"
     assert cli.main(["plot", seed0, seed1, b4, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "model.num_blocks=2: 2 run(s)" in printed and "model.num_blocks=4: 1 run(s)" in printed
+    assert "model.num_blocks=2: 2 seed(s)" in printed and "model.num_blocks=4: 1 seed(s)" in printed
     assert f"block 0: loss at block step 30: {np.mean([1.0, 1.4]):.4f} +/- {np.std([1.0, 1.4], ddof=1):.4f}" in printed
     assert "block 3: loss at block step 20: 1.0000 (one seed: no spread)" in printed
     width, height = Image.open(out).size
     assert width > 2 * height  # two panels side by side
 
 
+def test_what_does_not_change_the_training_does_not_split_seeds(tmp_path, capsys):
+    """Logging, sampling and sharding settings differ between seeds (a resume may change them); a
+    directory given twice is one run; a run trained in parts (`--blocks`) is one seed; a last record
+    cut short is skipped with a note; a block one seed has not logged yet is said."""
+    base = tiny_config(num_blocks=2)
+    a = make_run(tmp_path / "a", base, {0: [3.0, 2.0], 1: [4.0, 3.0]})
+    b = make_run(tmp_path / "b", base.override({"run.seed": 1, "run.log_every": 5, "sampling.steps": 8}),
+                 {0: [3.4, 2.4]})  # block 1 not logged yet
+    c0 = make_run(tmp_path / "c0", base.override({"run.seed": 2}), {0: [2.6, 1.6]})
+    c1 = make_run(tmp_path / "c1", base.override({"run.seed": 2}), {1: [4.2, 3.4]})
+    with open(os.path.join(a, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 9, "block": 0, "blo')
+    assert cli.main(["plot", a, b, c0, c1, str(tmp_path / "a") + "/", "--out", str(tmp_path / "c.png")]) == 0
+    captured = capsys.readouterr()
+    assert "metrics.jsonl, line 5: skipped a last record cut short" in captured.err
+    assert f"a: 3 seed(s) ({a}, {b}, {c0} + {c1})" in captured.out
+    assert f"block 0: loss at block step 20: {np.mean([2.0, 2.4, 1.6]):.4f} +/- " in captured.out
+    assert "block 1: loss at block step 20: 3.2000 +/- " in captured.out and "(logged by 2 of 3 seeds)" in captured.out
+    # The same seed logging the same block twice is refused: it is no second seed.
+    d = make_run(tmp_path / "d", base, {0: [1.0]})
+    assert cli.main(["plot", a, d, "--out", str(tmp_path / "d.png")]) == 2
+    refusal = f"{a} and {d} are runs of the same configuration and seed that both logged block 0"
+    assert refusal in capsys.readouterr().err
+
+
 def test_one_run_is_labelled_by_its_directory_and_any_logged_metric_plots(three_runs, tmp_path, capsys):
     seed0, _, _ = three_runs
-    assert curves.group_runs({seed0: json.load(open(os.path.join(seed0, "config.json")))}) == {"b2s0": [seed0]}
+    assert curves.group_runs({seed0: plot.training_of(seed0)[0]}) == {"b2s0": [seed0]}
     assert cli.main(["plot", seed0, "--metric", "grad_norm", "--out", str(tmp_path / "g.svg")]) == 0
     assert "block 1: grad_norm at block step 30: 1.0000" in capsys.readouterr().out
-    assert os.path.getsize(tmp_path / "g.svg") > 0
+    assert "<svg" in (tmp_path / "g.svg").read_text()
 
 
 def test_plot_refuses_what_it_cannot_draw_naming_it(three_runs, tmp_path, capsys):

@@ -3,39 +3,56 @@ optimizer step, and runs that differ only in their seed drawn as one mean +/- st
 
 The block step is the x-axis because DiffusionBlocks trains every block as its own model: block b's
 k-th update is comparable across schedules (interleaved, sequential, parallel) and across B, where
-the run's global step interleaves the blocks. Reads plain dicts (a run's config as `config.json`
-holds it), so that it needs neither the config classes nor TensorBoard.
+the run's global step interleaves the blocks. Works on plain dicts (the fields that define a run's
+training, and its records), so that it needs no TensorBoard.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Mapping, Sequence
 
 import numpy as np
 
-IGNORED = ("run.seed",)  # runs that differ only here are seeds of one configuration
 COORDINATES = ("step", "block", "block_step")  # a record's position, not a metric
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    """The records of `workdir/metrics.jsonl`; a missing or broken file is named."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a run directory that has logged a step")
-    records = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                raise ValueError(f"{path}, line {number}: not a JSON record") from None
+def _record(line: str) -> dict | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and all(k in value for k in COORDINATES) else None
+
+
+def read_metrics(workdir: str) -> tuple[list[dict], list[str]]:
+    """(records, notes) of a run's `metrics.jsonl` (of every process's `metrics.process*.jsonl` in a
+    multi-process run). A last line cut short (a run writing or killed as it wrote) is skipped
+    with a note; a broken line elsewhere, or no file, is an error naming the file."""
+    paths = [os.path.join(workdir, "metrics.jsonl")]
+    if not os.path.exists(paths[0]):
+        paths = sorted(glob.glob(os.path.join(workdir, "metrics.process*.jsonl")))
+    if not paths:
+        raise FileNotFoundError(f"{workdir}/metrics.jsonl not found: {workdir} is not a run directory that has logged "
+                                f"a step")
+    records, notes = [], []
+    for path in paths:
+        with open(path) as f:
+            lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+        for i, (number, line) in enumerate(lines):
+            record = _record(line)
+            if record is not None:
+                records.append(record)
+            elif i == len(lines) - 1:
+                notes.append(f"{path}, line {number}: skipped a last record cut short")
+            else:
+                raise ValueError(f"{path}, line {number}: not a metrics record (a JSON object with "
+                                 f"{', '.join(COORDINATES)})")
     if not records:
-        raise ValueError(f"{path} holds no record yet")
-    return records
+        raise ValueError(f"{paths[0]} holds no record yet")
+    return records, notes
 
 
 def metrics_of(records: Sequence[dict]) -> list[str]:
@@ -53,23 +70,13 @@ def block_curves(records: Sequence[dict], metric: str) -> dict[int, tuple[np.nda
     return {b: (np.array(sorted(v)), np.array([v[k] for k in sorted(v)])) for b, v in sorted(out.items())}
 
 
-def _flat(config: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def group_runs(configs: Mapping[str, Mapping]) -> dict[str, list[str]]:
-    """{label: workdirs} of runs whose configs agree except in `IGNORED` (seeds of one
-    configuration). A label names the fields where the groups differ (the directory's name when
-    there is one group, or when they differ in too many fields to list)."""
-    flat = {w: {k: v for k, v in _flat(c).items() if k not in IGNORED} for w, c in configs.items()}
+def group_runs(trainings: Mapping[str, Mapping]) -> dict[str, list[str]]:
+    """{label: runs} of the runs whose `trainings` ({run: {field: value}}, the fields that define
+    its training but for the seed) agree: seeds of one configuration. A label names the fields
+    where the groups differ (the first run's directory name when there is one group, or when they
+    differ in more fields than fit)."""
     groups: list[tuple[dict, list[str]]] = []
-    for w, c in flat.items():
+    for w, c in trainings.items():
         for seen, members in groups:
             if seen == c:
                 members.append(w)
@@ -102,16 +109,17 @@ def band(values_ST: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def group_curves(records_by_run: Mapping[str, Sequence[dict]], groups: Mapping[str, list[str]],
                  metric: str) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
-    """{label: {block: (steps, values (seeds, steps))}} of each group's seeds."""
+    """{label: {block: (steps, values (seeds, steps))}} of each group's seeds: every block any seed
+    logged, over the seeds that logged it (`values` has a row per such seed)."""
     out = {}
     for label, members in groups.items():
         per_run = [block_curves(records_by_run[w], metric) for w in members]
-        blocks = sorted(set.intersection(*(set(c) for c in per_run)))
-        out[label] = {b: aligned([c[b] for c in per_run]) for b in blocks}
+        blocks = sorted(set().union(*per_run))
+        out[label] = {b: aligned([c[b] for c in per_run if b in c]) for b in blocks}
     return out
 
 
-def save_curves(path: str, curves: Mapping[str, Mapping[int, tuple]], metric: str) -> None:
+def save_curves(path: str, curves: Mapping[str, Mapping[int, tuple]], metric: str, seeds: Mapping[str, int]) -> None:
     """One panel per group, one line per block (its seeds' mean, in a band of +/- one std where
     the group has several), written to `path` (PNG, PDF or SVG by its extension)."""
     import matplotlib
@@ -122,13 +130,14 @@ def save_curves(path: str, curves: Mapping[str, Mapping[int, tuple]], metric: st
     cols = min(len(curves), 3)
     rows = -(-len(curves) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    colors = plt.get_cmap("tab20" if max((len(c) for c in curves.values()), default=0) > 10 else "tab10").colors
     for ax, (label, by_block) in zip(axes.flat, curves.items()):
-        n = 1
         for b, (steps, values_ST) in by_block.items():
-            n, (mean, std) = len(values_ST), band(values_ST)
-            (line,) = ax.plot(steps, mean, lw=1.2, label=f"block {b}")
-            if n > 1:
-                ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+            (mean, std), color = band(values_ST), colors[b % len(colors)]
+            ax.plot(steps, mean, lw=1.2, color=color, label=f"block {b}")
+            if len(values_ST) > 1:
+                ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+        n = seeds[label]
         ax.set_title(f"{label}\n({n} seed{'s' if n > 1 else ''}{', mean +/- std' if n > 1 else ''})", fontsize=9)
         ax.set_xlabel("block step")
         ax.legend(fontsize=7)
