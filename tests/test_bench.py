@@ -24,7 +24,7 @@ def test_sequential_blocks_need_far_less_memory_than_end_to_end():
     assert peak("db-sequential", 1) == e2e  # B = 1 is the same compiled step
 
 
-def test_bench_records_have_every_field(tmp_path):
+def test_bench_records_have_every_field(tmp_path, monkeypatch):
     settings = bench.BenchSettings(num_blocks=(2,), time_steps=2, warmup_steps=1, sample_steps=2,
                                    sample_batch=2, sample_repeats=1, peak_tflops=0.001)
     # Unrolled layers: FLOPs come from the compiled step itself (the scanned case is tested below).
@@ -61,6 +61,12 @@ def test_bench_records_have_every_field(tmp_path):
     assert len(json.load(open(tmp_path / "out" / "bench.json"))) == len(records)
     assert open(table).read().count("\n") == len(records) + 2
     assert os.path.getsize(chart) > 0
+    # The command writes the three files under temporary names, renamed once all are written.
+    monkeypatch.setattr(bench, "run_bench", lambda config, settings: records)
+    assert cli.main(["bench", "--config", "shapes", "--num-blocks", "2", "--time-steps", "0",
+                     "--json", str(tmp_path / "cli.json")]) == 0
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("cli")) == ["cli.json", "cli.md", "cli.png"]
+    assert json.load(open(tmp_path / "cli.json")) == json.loads(json.dumps(records))
 
 
 def test_flops_of_a_scanned_stack_count_every_layer():

@@ -182,3 +182,16 @@ def test_no_message_or_comment_cites_a_document_that_does_not_ship():
     cited = [os.path.join(d, f) for d, _, fs in os.walk(package) for f in fs
              if f.endswith(".py") and "DESIGN" in open(os.path.join(d, f)).read()]
     assert cited == []
+
+
+def test_an_interrupted_assemble_says_its_output_may_be_incomplete(tmp_path):
+    import argparse
+
+    from dblocks_jax.commands.train import interrupted_message
+
+    out = tmp_path / "assembled"
+    args = argparse.Namespace(command="assemble", out=str(out))
+    assert interrupted_message(KeyboardInterrupt(), [], args) == "interrupted; nothing was written"
+    out.mkdir()
+    assert interrupted_message(KeyboardInterrupt(), [], args) == (
+        f"interrupted; --out {out} may be incomplete: assemble again with --overwrite")

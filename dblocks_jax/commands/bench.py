@@ -6,7 +6,7 @@ import argparse
 import os
 
 from dblocks_jax import presets as presets_lib
-from dblocks_jax.commands.common import check_output, preset_and_overrides
+from dblocks_jax.commands.common import check_output, preset_and_overrides, written_whole
 from dblocks_jax.engine import bench, hardware
 from dblocks_jax.evaluation import bench_report
 from dblocks_jax.tasks.plugin import int_list
@@ -33,6 +33,8 @@ def run_bench(args: argparse.Namespace) -> None:
     hardware.peak_flops("", args.peak_tflops)
     records = bench.run_bench(config, settings)
     print(bench_report.markdown_table(records))
-    if args.json:
-        table, chart = bench_report.write_results(records, args.json)
+    if args.json:  # each file under a temporary name until all three are written
+        table, chart = stem + ".md", stem + ".png"
+        with written_whole(args.json) as json_tmp, written_whole(table) as table_tmp, written_whole(chart) as chart_tmp:
+            bench_report.write_results(records, json_tmp, table_tmp, chart_tmp)
         print(f"wrote {args.json}, {table}, {chart}")

@@ -67,6 +67,8 @@ def run_assemble(args: argparse.Namespace) -> None:
 
 def interrupted_message(err, argv: list[str], args: argparse.Namespace) -> str:
     """Where training stopped, the last committed checkpoint of each block and how to resume."""
+    if args.command == "assemble" and os.path.exists(args.out):  # it may have been emptied or half copied
+        return f"interrupted; --out {args.out} may be incomplete: assemble again with --overwrite"
     if args.command != "train":
         return "interrupted; nothing was written"
     workdir = getattr(err, "workdir", None) or args.workdir

@@ -73,13 +73,15 @@ def plot(records: Sequence[dict], path: str) -> None:
     plt.close(fig)
 
 
-def write_results(records: Sequence[dict], json_path: str) -> tuple[str, str]:
-    """Write the JSON, and the markdown table and PNG chart next to it."""
+def write_results(records: Sequence[dict], json_path: str, md_path: str | None = None,
+                  png_path: str | None = None) -> tuple[str, str]:
+    """Write the JSON, and the markdown table and PNG chart (default: next to it, same stem)."""
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     with open(json_path, "w") as f:
         json.dump(list(records), f, indent=1)
     stem = os.path.splitext(json_path)[0]
-    with open(stem + ".md", "w") as f:
+    md_path, png_path = md_path or stem + ".md", png_path or stem + ".png"
+    with open(md_path, "w") as f:
         f.write(markdown_table(records) + "\n")
-    plot(records, stem + ".png")
-    return stem + ".md", stem + ".png"
+    plot(records, png_path)
+    return md_path, png_path
