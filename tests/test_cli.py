@@ -16,7 +16,8 @@ def test_train_then_sample_writes_a_complete_run(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     assert cli.main(["train", "--config", "shapes", "--num-blocks", "2", "--steps", "2", "--workdir", workdir,
                      "--no-progress", *TINY]) == 0
-    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl", "run.json", "samples.png"]
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl", "run.json", "samples.png",
+                                         "tensorboard"]
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["block_000", "block_001"]
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["model"]["num_blocks"] == 2 and config["model"]["width"] == 32 and config["format"] == 3

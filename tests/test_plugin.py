@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_events import read_scalars
 
 from dblocks_jax import cli
 from dblocks_jax.tasks import registry
@@ -100,6 +101,11 @@ def test_the_plugin_trains_resumes_evaluates_samples_from_the_cli(plugin, toy_ru
                                "100")
     untrained = json.load(open(run / "evaluation_untrained.json"))
     assert status == 0 and untrained["num_samples"] == 100 and untrained["distance"][0] > 2 * max(result["distance"])
+    # Both evaluations' numbers are in the run's TensorBoard events, at its last step (lists are left out).
+    steps = json.load(open(run / "config.json"))["optim"]["steps"]
+    scalars = read_scalars(str(run / "tensorboard"))
+    assert scalars["eval/num_samples"] == {steps: 64} and scalars["eval_untrained/num_samples"] == {steps: 100}
+    assert not any("distance" in tag for tag in scalars)
 
     status, out, err = dblocks(capsys, "sample", "--workdir", run, "--num-samples", "8", "--out", plugin / "p.npy")
     assert status == 0, err

@@ -10,6 +10,7 @@ import os
 from dblocks_jax import config as config_lib
 from dblocks_jax import runs
 from dblocks_jax.commands.common import check_output, check_run_for_use, check_seed, task_options, written_whole
+from dblocks_jax.engine import events
 from dblocks_jax.tasks.plugin import int_list
 
 
@@ -37,3 +38,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
     for line in task_cls.report(result):
         print(line)
     print(f"wrote {path}")
+    if config.run.tensorboard:  # beside the training curves, at the run's last step
+        try:
+            events.write_result(args.workdir, "eval_untrained" if args.untrained else "eval", result,
+                                config.optim.steps)
+        except OSError as err:
+            print(f"note: no TensorBoard events written to {events.event_dir(args.workdir)}: {err}")

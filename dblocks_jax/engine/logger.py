@@ -1,5 +1,5 @@
 """Training metrics: kept on the device between log intervals, checked for NaN/Inf, written to
-metrics.jsonl, shown in a progress bar.
+metrics.jsonl and TensorBoard event files (`engine.events`), shown in a progress bar.
 
 The host never waits for the device between log intervals: per-step (loss, gradient norm) pairs
 stay on the device until a flush fetches them all in one transfer.
@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dblocks_jax.engine import distributed
+from dblocks_jax.engine.events import BlockEvents
 from dblocks_jax.engine.trainer import lr_schedule
 
 
@@ -34,9 +35,12 @@ def _logged_step(line: str) -> float:
 
 class MetricsLogger:
     def __init__(self, config, num_blocks: int, workdir: str | None, total: int, progress: bool, position: int = 0,
-                 initial: int = 0):
+                 initial: int = 0, block_steps: dict[int, int] | None = None):
         self.config, self.num_blocks = config, num_blocks
         self.schedule, self.start = lr_schedule(config.optim), time.perf_counter()
+        self.interval_start = self.start
+        # `block_steps`: each block's steps at the start (a resume purges what was logged past them).
+        self.events = BlockEvents(workdir, block_steps) if workdir and config.run.tensorboard else None
         name = "metrics.jsonl" if jax.process_count() == 1 else f"metrics.process{jax.process_index()}.jsonl"
         self.path = os.path.join(workdir, name) if workdir else None
         if self.path and os.path.exists(self.path):  # a resumed run: drop what was logged after its checkpoint
@@ -101,7 +105,11 @@ class MetricsLogger:
         if self.path:
             with open(self.path, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)
-        self.bar.update(sum(e[5] for e in self.pending))
+        count, now = sum(e[5] for e in self.pending), time.perf_counter()
+        if self.events is not None:
+            self.events.write(records, count / max(now - self.interval_start, 1e-9))
+        self.interval_start = now
+        self.bar.update(count)
         self.bar.set_postfix_str(" ".join(f"b{b}={v:.3f}" for b, v in sorted(self.last_loss.items())))
         self.pending.clear()
 
@@ -118,3 +126,5 @@ class MetricsLogger:
 
     def close(self) -> None:
         self.bar.close()
+        if self.events is not None:
+            self.events.close()

@@ -128,7 +128,8 @@ def _train_locked(task, workdir, overwrite, resume, blocks, batches, on_step, pr
         if 0 < session.block_steps[b] < config.optim.steps:
             rundir.restore_stream(session.streams[b], record.get("data"), b)
     session.logger = MetricsLogger(config, task.num_blocks, workdir, total=len(blocks) * config.optim.steps,
-                                   progress=progress, position=position, initial=sum(session.block_steps.values()))
+                                   progress=progress, position=position, initial=sum(session.block_steps.values()),
+                                   block_steps=session.block_steps)
     session.host_params = {b: jax.device_get(state.ema) for b, (state, _) in restored.items()
                            if session.block_steps[b] == config.optim.steps}
     try:

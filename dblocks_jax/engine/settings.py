@@ -187,6 +187,8 @@ class RunConfig(Section):
     keep_checkpoints: int = setting(2, FREE)
     prefetch: int = setting(2, FREE, "batches put on the device ahead of the step (0: none); single-device "
                                      "schedules")
+    tensorboard: bool = setting(True, FREE, "TensorBoard event files in <workdir>/tensorboard (per block: loss, lr, "
+                                            "grad_norm, steps/s; evaluation results)")
 
     def check(self):
         require(0 <= self.seed < SEED_LIMIT, self.field("seed"), self.seed, "an integer >= 0 and < 2**32")
