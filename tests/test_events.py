@@ -81,3 +81,14 @@ def test_evaluation_numbers_go_beside_the_curves(tmp_path):
     events.write_result(str(tmp_path), "eval", result, 40)
     assert read_scalars(events.event_dir(str(tmp_path))) == {
         "eval/bpc": {40: 1.5}, "eval/steps": {40: 8.0}, "eval/per_block/0": {40: 2.0}, "eval/per_block/1": {40: 3.0}}
+
+
+def test_events_that_cannot_be_written_stop_with_a_note_not_the_training(tmp_path, monkeypatch, capsys):
+    def refuse(self, records, steps_per_s):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(events.BlockEvents, "write", refuse)
+    config = tiny_config(num_blocks=2, num_layers=2, steps=4, log_every=2)
+    result = runs.train(config, str(tmp_path / "run"), progress=False, write_artifacts=False)
+    assert result.block_steps == [4, 4] and "note: TensorBoard events stopped (No space left" in capsys.readouterr().err
+    assert max(logged(str(tmp_path / "run"), 1)) == 4  # metrics.jsonl went on to the end

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 import time
 from typing import Any, Mapping
 
@@ -53,8 +54,13 @@ class BlockEvents:
             w.add_scalar("train/steps_per_s", steps_per_s, r["block_step"])
 
     def close(self) -> None:
-        for w in self.writers.values():
-            w.close()
+        """Close every writer, each on its own: one that cannot flush does not keep the others open."""
+        for block, w in self.writers.items():
+            try:
+                w.close()
+            except OSError as err:
+                print(f"note: TensorBoard events of block {block} not flushed: {err}", file=sys.stderr)
+        self.writers = {}
 
 
 def scalars_of(result: Mapping, prefix: str = "") -> dict[str, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -107,7 +108,12 @@ class MetricsLogger:
                 f.writelines(json.dumps(r) + "\n" for r in records)
         count, now = sum(e[5] for e in self.pending), time.perf_counter()
         if self.events is not None:
-            self.events.write(records, count / max(now - self.interval_start, 1e-9))
+            try:
+                self.events.write(records, count / max(now - self.interval_start, 1e-9))
+            except OSError as err:  # the curves are a view: training and metrics.jsonl go on without them
+                print(f"note: TensorBoard events stopped ({err}); metrics.jsonl has every record", file=sys.stderr)
+                self.events.close()
+                self.events = None
         self.interval_start = now
         self.bar.update(count)
         self.bar.set_postfix_str(" ".join(f"b{b}={v:.3f}" for b, v in sorted(self.last_loss.items())))
