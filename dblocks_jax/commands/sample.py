@@ -4,6 +4,7 @@ formats it declares (`Task.sample_formats`)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from dblocks_jax import config as config_lib
@@ -41,12 +42,11 @@ def run_sample(args: argparse.Namespace) -> None:
                          f"{args.out!r}")
     options = task_options(args, "sample", task_cls, where)
     overrides = config_lib.parse_overrides(args.overrides, type(config))
-    runs.request_for(config, "sample", args.workdir, options=options, overrides=overrides)  # checked first
+    request = runs.request_for(config, "sample", args.workdir, options=options, overrides=overrides,
+                               seed=args.seed)  # the flags checked before the output and the run's files
     check_output("--out", args.out, args.overwrite)
     check_run_for_use(args.workdir, config)
     with written_whole(args.out) as partial:
-        request = runs.request_for(config, "sample", args.workdir, options=options, overrides=overrides,
-                                   seed=args.seed, output=partial)
-        lines = task_cls.write_samples(request)
+        lines = task_cls.write_samples(dataclasses.replace(request, output=partial))
     for line in lines:  # the hook named the temporary file, as given or as an absolute path
         print(line.replace(os.path.abspath(partial), os.path.abspath(args.out)).replace(partial, args.out))
